@@ -1,0 +1,3 @@
+from igcam_cli.cli import main
+
+main()

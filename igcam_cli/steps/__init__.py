@@ -1,0 +1,1 @@
+"""One module per CLI step; each exposes a config dataclass and a plain function."""

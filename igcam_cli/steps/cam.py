@@ -1,0 +1,145 @@
+"""``igcam cam``: class activation maps for every image of a dataset or a bare folder.
+
+Per image: the CAM at each scale and its horizontal flip (one batch of two), resized to the
+image, summed, restricted to the image's labelled classes (or, for unlabelled images, the
+classes the classifier predicts), each divided by its maximum. Saved as ``<id>.npz`` with
+``classes`` (0-based class ids), ``cams`` (float16, K x H x W), ``scores`` (sigmoid of all
+classes) and ``image`` (the source path, so later steps need no dataset options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igcam_cli.artifacts import (
+    RunDir,
+    Shard,
+    StepRecord,
+    ensure_dir,
+    fingerprint,
+    remove_stale_temps,
+    sha256_file,
+    write_npz,
+)
+from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
+from igcam_cli.errors import IgcamError
+from igcam_cli.images import read_image
+from igcam_cli.models import CamNet, load_classifier, resolve_device
+from igcam_cli.runner import console, run_per_image
+from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
+from igcam_cli.transforms import resize, scaled_size, to_tensor
+
+DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
+
+
+@dataclass
+class CamConfig:
+    run: Path
+    dataset: DatasetSpec
+    checkpoint: Path | None = None  # default RUN/train-cls/classifier.pt
+    out: Path | None = None  # default RUN/cam
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+    use_labels: bool = True
+    score_threshold: float = 0.5
+    device: str = "auto"
+    overwrite: bool = False
+    shard: str | None = None
+    strict: bool = False
+
+
+@torch.inference_mode()
+def multiscale_cam(model: CamNet, image: torch.Tensor, scales: tuple[float, ...],
+                   flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, H, W) summed CAMs at image resolution and (C,) class probabilities at scale 1.
+
+    ``image`` is (3, H, W) in [0, 1] on the model's device. Probabilities come from the
+    scale-1 (or first) pass so that unlabelled images get their classes for free.
+    """
+    _, height, width = image.shape
+    total = None
+    probs = None
+    for scale in scales:
+        batch = resize(image[None], scaled_size(height, width, scale))
+        if flip:
+            batch = torch.cat([batch, batch.flip(-1)])
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        features = model.features(batch)
+        if probs is None or scale == 1.0:
+            pooled = features.mean(dim=(2, 3), keepdim=True)
+            probs = torch.sigmoid(model.classifier(pooled).flatten(1)).mean(0)
+        cams = torch.relu(torch.nn.functional.conv2d(features, model.classifier.weight))
+        if flip:
+            cams = cams[:1] + cams[1:].flip(-1)
+        cams = resize(cams.float(), (height, width))[0]
+        total = cams if total is None else total + cams
+    assert total is not None and probs is not None
+    return total, probs
+
+
+def normalise(cams: torch.Tensor) -> torch.Tensor:
+    """Divide each class map by its maximum (1e-5 floor, as IRN)."""
+    peak = cams.flatten(1).max(dim=1).values.clamp_min(1e-5)
+    return cams / peak.view(-1, 1, 1)
+
+
+def cam_dir(config: CamConfig) -> Path:
+    return config.out or RunDir(config.run).step("cam")
+
+
+def cam(config: CamConfig) -> Path:
+    """Write one CAM file per image; finished images are skipped unless ``overwrite``."""
+    shard = Shard.parse(config.shard)
+    if not config.scales or any(s <= 0 for s in config.scales):
+        raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
+    out = ensure_dir(cam_dir(config))
+    remove_stale_temps(out)
+    checkpoint = config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
+    device = resolve_device(config.device)
+    model, payload = load_classifier(checkpoint, device)
+    model = model.to(memory_format=torch.channels_last)
+    dataset = load_dataset(config.dataset, strict=config.strict)
+    if tuple(payload["class_names"]) != dataset.class_names:
+        raise IgcamError(f"{checkpoint} was trained on classes {payload['class_names'][:3]}… "
+                         f"but the dataset uses {list(dataset.class_names[:3])}…; "
+                         "pass the same --classes file")
+    record = StepRecord("cam", _jsonable(asdict(config)))
+    for problem in dataset.problems:
+        record.warn(problem)
+    record.count("failed", len(dataset.problems))
+    samples = shard.select(dataset.samples)
+    record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
+                     "checkpoint_sha256": sha256_file(checkpoint),
+                     "images_fingerprint": fingerprint(s.id for s in samples)}
+
+    def one(sample: Sample) -> None:
+        image = to_tensor(read_image(sample.image)).to(device)
+        cams, probs = multiscale_cam(model, image, config.scales, config.flip)
+        if config.use_labels and sample.labels is not None:
+            classes = list(sample.labels)
+        else:
+            classes = torch.nonzero(probs >= config.score_threshold).flatten().tolist()
+        maps = normalise(cams[classes]) if classes else cams[:0]
+        write_npz(out / f"{sample.id}.npz", classes=np.array(classes, dtype=np.int16),
+                  cams=maps.cpu().numpy().astype(np.float16),
+                  scores=probs.cpu().numpy().astype(np.float32),
+                  image=np.array(str(sample.image.resolve())))
+
+    run_per_image(samples, one, lambda s: out / f"{s.id}.npz", record,
+                  overwrite=config.overwrite, strict=config.strict, workers=1,
+                  description="cam")
+    record.save(out, shard)
+    console.print(f"cam: {record.counts.get('processed', 0)} written, "
+                  f"{record.counts.get('skipped_done', 0)} already done, "
+                  f"{record.counts.get('failed', 0)} failed -> {out}")
+    return out
+
+
+def load_cam(path: Path) -> dict[str, np.ndarray]:
+    """Read a CAM file written by :func:`cam` (no pickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

@@ -1,0 +1,180 @@
+"""``igcam eval``: score pseudo-masks or CAMs against ground-truth label maps.
+
+Predictions are PNG label maps (``--pred``) or CAM files (``--cams``), the latter swept over
+background thresholds in one pass over the files. Images listed in the split but missing from
+the predictions count as all-wrong (every ground-truth pixel a miss) and are reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir
+from igcam_cli.datasets import VOC_CLASSES, read_class_names
+from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.images import IGNORE, read_label_map
+from igcam_cli.metrics import confusion, scores
+from igcam_cli.runner import console, track
+from igcam_cli.steps.cam import load_cam
+from igcam_cli.steps.refine import seed_labels
+from igcam_cli.steps.train_cls import _jsonable
+
+
+@dataclass
+class EvalConfig:
+    gt: Path
+    pred: Path | None = None
+    cams: Path | None = None
+    thresholds: str = "0.05:0.60:0.05"
+    split: Path | None = None
+    classes: Path | None = None
+    ignore_uncertain: bool = False
+    out: Path | None = None  # JSON report (the step's manifest); None prints only
+    workers: int = 1
+    name: str | None = None
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """``START:STOP:STEP`` (STOP inclusive) or a comma list."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            values = np.arange(start, stop + step / 2, step)
+        else:
+            values = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise IgcamError(f"--thresholds must be START:STOP:STEP or a comma list, got {text!r}"
+                         ) from None
+    return [round(float(v), 6) for v in values]
+
+
+def _image_confusions(image_id: str, config: EvalConfig, n: int,
+                      thresholds: list[float]) -> tuple[list[np.ndarray], str | None]:
+    """Confusion matrices of one image (one per threshold for CAMs) and a problem, if any."""
+    gt = read_label_map(config.gt / f"{image_id}.png")
+    if gt.max(initial=0) >= n and gt.max() != IGNORE:
+        bad = int(gt[gt != IGNORE].max())
+        raise IgcamError(f"{config.gt / image_id}.png has class {bad} but only {n - 1} classes "
+                         "are known; pass --classes")
+    missing = [confusion(gt, np.full_like(gt, IGNORE), n)] * len(thresholds)
+    try:
+        if config.cams is not None:
+            path = config.cams / f"{image_id}.npz"
+            if not path.is_file():
+                return missing, f"{image_id}: no CAM file"
+            data = load_cam(path)
+            cams = data["cams"].astype(np.float32)
+            classes = data["classes"].astype(np.int64)
+            if cams.shape[1:] != gt.shape:
+                raise ImageProblem(f"{path}: size {cams.shape[1:]} differs from ground truth "
+                                   f"{gt.shape}")
+            return [confusion(gt, seed_labels(cams, classes, t), n) for t in thresholds], None
+        path = config.pred / f"{image_id}.png"
+        if not path.is_file():
+            return missing, f"{image_id}: no prediction"
+        pred = read_label_map(path)
+        if pred.shape != gt.shape:
+            raise ImageProblem(f"{path}: size {pred.shape} differs from ground truth {gt.shape}")
+        return [confusion(gt, pred, n)], None
+    except ImageProblem as problem:
+        return missing, str(problem)
+
+
+def _ids(config: EvalConfig) -> list[str]:
+    if config.split is not None:
+        if not config.split.is_file():
+            raise IgcamError(f"split file {config.split} not found")
+        ids = [line.split()[0] for line in config.split.read_text().splitlines() if line.strip()]
+    else:
+        source = config.cams if config.cams is not None else config.pred
+        suffix = ".npz" if config.cams is not None else ".png"
+        ids = sorted(p.stem for p in source.glob(f"*{suffix}"))
+    if not ids:
+        raise IgcamError("nothing to evaluate: the prediction folder (or split) is empty")
+    absent = [i for i in ids if not (config.gt / f"{i}.png").is_file()]
+    if absent:
+        raise IgcamError(f"ground truth {config.gt / absent[0]}.png not found "
+                         f"({len(absent)} of {len(ids)} images have none)")
+    return ids
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Score the predictions; prints a table and returns (and optionally writes) the report."""
+    if (config.pred is None) == (config.cams is None):
+        raise IgcamError("give exactly one of --pred DIR or --cams DIR")
+    for folder in (config.gt, config.pred or config.cams):
+        if not folder.is_dir():
+            raise IgcamError(f"{folder} is not a directory")
+    names = ["background", *(read_class_names(config.classes) if config.classes
+                             else VOC_CLASSES)]
+    n = len(names)
+    thresholds = parse_thresholds(config.thresholds) if config.cams is not None else [0.0]
+    ids = _ids(config)
+    work = functools.partial(_image_confusions, config=config, n=n, thresholds=thresholds)
+    total = [np.zeros((n, n + 1), dtype=np.int64) for _ in thresholds]
+    problems: list[str] = []
+    if config.workers > 1:
+        pool = multiprocessing.get_context("spawn").Pool(config.workers)
+        results = pool.imap(work, ids, chunksize=4)
+    else:
+        pool, results = None, map(work, ids)
+    try:
+        for matrices, problem in track(results, len(ids), "eval"):
+            for acc, matrix in zip(total, matrices, strict=True):
+                acc += matrix
+            if problem:
+                problems.append(problem)
+    finally:
+        if pool is not None:
+            pool.close()
+    sweep = [scores(m, config.ignore_uncertain).miou for m in total]
+    best = int(np.argmax(sweep))
+    result = scores(total[best], config.ignore_uncertain)
+    report = {
+        "kind": "cams" if config.cams is not None else "masks",
+        "images": len(ids), "missing_or_failed": len(problems), "problems": problems[:50],
+        "ignore_uncertain": config.ignore_uncertain, **result.as_dict(names),
+    }
+    if config.cams is not None:
+        report["threshold"] = thresholds[best]
+        report["sweep"] = {str(t): round(m, 6) for t, m in zip(thresholds, sweep, strict=True)}
+    _print(report, names, result.valid, config)
+    if config.out is not None:
+        # The report is the eval step's manifest: config, versions and scores in one file.
+        record = StepRecord("eval", _jsonable(asdict(config)))
+        record.extra = {"report": report}
+        record.save(ensure_dir(config.out.parent), filename=config.out.name)
+    return report
+
+
+def _print(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig) -> None:
+    title = config.name or str(config.pred or config.cams)
+    if "threshold" in report:
+        title += f"  (best background threshold {report['threshold']:.2f})"
+    table = Table(title=title, title_justify="left")
+    for column in ("class", "IoU", "precision", "recall"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, ok in zip(names, valid, strict=True):
+        if ok:
+            table.add_row(name, *(f"{100 * report[k][name]:.1f}"
+                                  for k in ("iou", "precision", "recall")))
+    table.add_row("[bold]mIoU", f"[bold]{100 * report['miou']:.1f}", "", "")
+    console.print(table)
+    if report["missing_or_failed"]:
+        console.print(f"[yellow]{report['missing_or_failed']} of {report['images']} images had "
+                      f"no usable prediction and count as all-wrong, e.g. {report['problems'][0]}")
+    if "sweep" in report:
+        console.print("threshold sweep: " + ", ".join(
+            f"{t}: {100 * m:.1f}" for t, m in report["sweep"].items()))
+
+
+def default_report_path(run: Path, name: str) -> Path:
+    return RunDir(run).step("eval") / f"{name}.json"

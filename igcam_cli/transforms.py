@@ -1,0 +1,48 @@
+"""Image tensors and the IRN-style training augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (B, C, H, W) batch, antialiased when shrinking."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    shrink = size[0] < images.shape[-2]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return max(int(round(height * scale)), 16), max(int(round(width * scale)), 16)
+
+
+def train_augment(image: torch.Tensor, crop: int, rng: np.random.Generator,
+                  fill: tuple[float, float, float]) -> torch.Tensor:
+    """Random long side in [0.625, 1.25] x crop, horizontal flip, random crop padded with ``fill``.
+
+    The same proportions as IRN's 320-640 resize and 512 crop, so the recipe scales with
+    ``--crop`` to datasets whose images are smaller or larger than VOC's.
+    """
+    _, height, width = image.shape
+    long_side = rng.uniform(0.625, 1.25) * crop
+    scale = long_side / max(height, width)
+    image = resize(image[None], scaled_size(height, width, scale))[0]
+    if rng.random() < 0.5:
+        image = image.flip(-1)
+    _, height, width = image.shape
+    canvas = torch.tensor(fill).view(3, 1, 1).expand(3, crop, crop).clone()
+    top = rng.integers(0, max(height - crop, 0) + 1)
+    left = rng.integers(0, max(width - crop, 0) + 1)
+    patch = image[:, top:top + crop, left:left + crop]
+    off_y = rng.integers(0, crop - patch.shape[1] + 1)
+    off_x = rng.integers(0, crop - patch.shape[2] + 1)
+    canvas[:, off_y:off_y + patch.shape[1], off_x:off_x + patch.shape[2]] = patch
+    return canvas

@@ -1,0 +1,182 @@
+"""Every step through the real CLI on a tiny generated dataset, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import igcam
+from PIL import Image
+
+from igcam_cli.demo_data import make_demo_dataset
+from igcam_cli.steps.cam import load_cam
+
+TRAIN = ("--epochs", "2", "--crop", "64", "--batch-size", "8", "--loader-workers", "0",
+         "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    result = igcam("train-cls", "--run", run, "--voc", tiny_voc, *TRAIN)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_train_cls_writes_checkpoint_metrics_and_manifest(trained: Path) -> None:
+    folder = trained / "train-cls"
+    assert (folder / "classifier.pt").is_file()
+    history = json.loads((folder / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and 0 <= h["train_map"] <= 1 for h in history)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["counts"]["images"] == 24
+    assert manifest["inputs"]["class_names"][0] == "disc"
+
+
+def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
+    result = igcam("cam", "--run", trained, "--voc", tiny_voc, "--scales", "1.0,0.5",
+                   "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    files = sorted((trained / "cam").glob("*.npz"))
+    assert len(files) == 24
+    data = load_cam(files[0])
+    mask = np.array(Image.open(tiny_voc / "SegmentationClass" / f"{files[0].stem}.png"))
+    expected = sorted(int(v) - 1 for v in set(mask.flat) - {0, 255})
+    assert data["classes"].tolist() == expected
+    assert data["cams"].dtype == np.float16 and data["cams"].shape[1:] == mask.shape
+    assert np.allclose(data["cams"].reshape(len(expected), -1).max(axis=1), 1.0, atol=1e-3)
+
+    for crf in ("--crf", "--no-crf"):
+        out = trained / f"refine{crf}"
+        result = igcam("refine", "--run", trained, "--out", out, crf)
+        assert result.returncode == 0, result.stderr
+        png = Image.open(out / f"{files[0].stem}.png")
+        assert png.mode == "P" and png.size == mask.shape[::-1]
+        assert set(np.unique(np.array(png))) <= {0, *(c + 1 for c in expected)}
+
+    gt = tiny_voc / "SegmentationClass"
+    report_file = trained / "eval" / "mask.json"
+    result = igcam("eval", "--pred", trained / "refine--crf", "--gt", gt,
+                   "--classes", tiny_voc / "classes.txt", "--out", report_file)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_file.read_text())["report"]
+    assert 0 <= report["miou"] <= 1 and report["images"] == 24 and "mIoU" in result.stderr
+    result = igcam("eval", "--cams", trained / "cam", "--gt", gt, "--classes",
+                   tiny_voc / "classes.txt", "--thresholds", "0.1:0.3:0.1")
+    assert result.returncode == 0, result.stderr
+    assert "best background threshold" in result.stderr
+
+
+def test_eval_counts_missing_predictions(trained: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    pred = tmp_path / "pred"
+    shutil.copytree(tiny_voc / "SegmentationClass", pred)
+    split = tiny_voc / "ImageSets" / "Segmentation" / "train.txt"
+    args = ("--gt", tiny_voc / "SegmentationClass", "--classes", tiny_voc / "classes.txt",
+            "--split", split, "--ignore-uncertain", "--out")
+    assert igcam("eval", "--pred", pred, *args, tmp_path / "a.json").returncode == 0
+    assert json.loads((tmp_path / "a.json").read_text())["report"]["miou"] == 1.0
+    (pred / "demo_0000.png").unlink()
+    result = igcam("eval", "--pred", pred, *args, tmp_path / "b.json")
+    report = json.loads((tmp_path / "b.json").read_text())["report"]
+    assert report["missing_or_failed"] == 1 and report["miou"] < 1.0
+    assert "count as all-wrong" in result.stderr
+
+
+def test_cam_on_bare_folder_predicts_classes(trained: Path, tiny_voc: Path,
+                                             tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("demo_0000.jpg", "demo_0001.jpg"):
+        shutil.copy(tiny_voc / "JPEGImages" / name, folder / name)
+    Image.open(folder / "demo_0000.jpg").convert("L").save(folder / "gray.png")
+    result = igcam("cam", "--run", trained, "--images", folder, "--classes",
+                   tiny_voc / "classes.txt", "--scales", "1.0", "--out", tmp_path / "cam",
+                   "--score-threshold", "0.0")
+    assert result.returncode == 0, result.stderr
+    data = load_cam(tmp_path / "cam" / "gray.npz")
+    assert data["classes"].tolist() == [0, 1, 2, 3, 4]  # every class above threshold 0
+    assert data["scores"].shape == (5,)
+
+
+def test_shards_split_the_work(trained: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cam"
+    for shard in ("0/2", "1/2"):
+        result = igcam("cam", "--run", trained, "--voc", tiny_voc, "--scales", "1.0",
+                       "--out", out, "--shard", shard)
+        assert result.returncode == 0, result.stderr
+    assert len(list(out.glob("*.npz"))) == 24
+    for index in (0, 1):
+        manifest = json.loads((out / f"manifest.shard-{index}-of-2.json").read_text())
+        assert manifest["counts"]["processed"] == 12
+
+
+def _start(*args: str | Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "igcam_cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, "the step finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) -> None:
+    data = make_demo_dataset(tmp_path / "data", n_train=40, size=96, seed=5)
+    args = ("--voc", data, "--scales", "1.0,2.0,3.0", "--device", "cpu")
+    clean = tmp_path / "clean"
+    assert igcam("cam", "--run", trained, *args, "--out", clean).returncode == 0
+
+    out = tmp_path / "killed"
+    _kill_when(_start("cam", "--run", trained, *args, "--out", out),
+               lambda: len(list(out.glob("*.npz"))) >= 3)
+    partial = sorted(out.glob("*.npz"))
+    assert 3 <= len(partial) < 40
+    for path in partial:  # atomic writes: whatever exists is complete
+        load_cam(path)
+    assert not (out / "manifest.json").exists()
+
+    result = igcam("cam", "--run", trained, *args, "--out", out)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["skipped_done"] == len(partial)
+    assert manifest["counts"]["processed"] == 40 - len(partial)
+    assert not list(out.glob(".igcam-tmp-*"))
+    for path in sorted(clean.glob("*.npz")):
+        a, b = load_cam(path), load_cam(out / path.name)
+        assert a["classes"].tolist() == b["classes"].tolist()
+        assert np.allclose(a["cams"].astype(np.float32), b["cams"].astype(np.float32), atol=2e-3)
+
+
+def test_killed_training_resumes_to_the_same_weights(tiny_voc: Path, tmp_path: Path) -> None:
+    args = ("--voc", tiny_voc, "--epochs", "4", "--crop", "64", "--batch-size", "8",
+            "--loader-workers", "0", "--device", "cpu")
+    clean = tmp_path / "clean"
+    assert igcam("train-cls", "--run", clean, *args).returncode == 0
+
+    run = tmp_path / "killed"
+    folder = run / "train-cls"
+    _kill_when(_start("train-cls", "--run", run, *args),
+               lambda: (folder / "epoch-001.pt").exists())
+    assert not (folder / "classifier.pt").exists()
+    result = igcam("train-cls", "--run", run, *args, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch" in result.stderr
+    a = torch.load(clean / "train-cls" / "classifier.pt", weights_only=True)["model"]
+    b = torch.load(folder / "classifier.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
