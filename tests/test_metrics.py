@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from igcam_cli.metrics import average_precision, confusion, scores
+from igcam_cli.metrics import average_precision, confusion, missing_confusion, scores
 
 
 def test_confusion_and_miou_match_hand_computation() -> None:
@@ -10,8 +10,8 @@ def test_confusion_and_miou_match_hand_computation() -> None:
     pred = np.array([[0, 1, 1, 1],
                      [0, 0, 255, 0]])
     conf = confusion(gt, pred, 3)
-    # rows gt, columns pred 0..2 then "invalid prediction"; the GT-255 pixel is dropped.
-    assert conf.tolist() == [[2, 1, 0, 0], [0, 2, 0, 1], [1, 0, 0, 0]]
+    # rows gt, columns pred 0..2, then uncertain, missing; the GT-255 pixel is dropped.
+    assert conf.tolist() == [[2, 1, 0, 0, 0], [0, 2, 0, 1, 0], [1, 0, 0, 0, 0]]
     counted = scores(conf)
     # class 0: TP 2, FP 1 (gt 2 -> 0), FN 1 (-> 1): 2/4; class 1: TP 2, FP 1, FN 1 (the 255)
     # class 2: TP 0, FN 1: 0.  mIoU = (0.5 + 0.5 + 0) / 3
@@ -21,6 +21,13 @@ def test_confusion_and_miou_match_hand_computation() -> None:
     assert counted.recall == pytest.approx([2 / 3, 2 / 3, 0.0])
     ignored = scores(conf, ignore_uncertain=True)
     assert ignored.iou == pytest.approx([0.5, 2 / 3, 0.0])
+
+
+def test_missing_predictions_count_even_when_uncertain_pixels_are_ignored() -> None:
+    gt = np.array([[0, 1, 255, 1]])
+    conf = confusion(gt, gt, 2) + missing_confusion(gt, 2)
+    for ignore in (False, True):
+        assert scores(conf, ignore_uncertain=ignore).iou == pytest.approx([0.5, 0.5])
 
 
 def test_miou_skips_classes_with_empty_union_but_counts_false_positives() -> None:

@@ -96,11 +96,11 @@ def cam(config: CamConfig) -> Path:
     shard = Shard.parse(config.shard)
     if not config.scales or any(s <= 0 for s in config.scales):
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
-    out = ensure_dir(cam_dir(config))
-    remove_stale_temps(out)
     checkpoint = config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
+    out = ensure_dir(cam_dir(config))
+    remove_stale_temps(out)
     model = model.to(memory_format=torch.channels_last)
     dataset = load_dataset(config.dataset, strict=config.strict)
     if tuple(payload["class_names"]) != dataset.class_names:

@@ -19,7 +19,7 @@ from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir
 from igcam_cli.datasets import VOC_CLASSES, read_class_names
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import IGNORE, read_label_map
-from igcam_cli.metrics import confusion, scores
+from igcam_cli.metrics import confusion, missing_confusion, scores
 from igcam_cli.runner import console, track
 from igcam_cli.steps.cam import load_cam
 from igcam_cli.steps.refine import seed_labels
@@ -60,11 +60,11 @@ def _image_confusions(image_id: str, config: EvalConfig, n: int,
                       thresholds: list[float]) -> tuple[list[np.ndarray], str | None]:
     """Confusion matrices of one image (one per threshold for CAMs) and a problem, if any."""
     gt = read_label_map(config.gt / f"{image_id}.png")
-    if gt.max(initial=0) >= n and gt.max() != IGNORE:
-        bad = int(gt[gt != IGNORE].max())
-        raise IgcamError(f"{config.gt / image_id}.png has class {bad} but only {n - 1} classes "
+    top = int(gt[gt != IGNORE].max(initial=0))
+    if top >= n:
+        raise IgcamError(f"{config.gt / image_id}.png has class {top} but only {n - 1} classes "
                          "are known; pass --classes")
-    missing = [confusion(gt, np.full_like(gt, IGNORE), n)] * len(thresholds)
+    missing = [missing_confusion(gt, n)] * len(thresholds)
     try:
         if config.cams is not None:
             path = config.cams / f"{image_id}.npz"
@@ -119,7 +119,7 @@ def evaluate(config: EvalConfig) -> dict:
     thresholds = parse_thresholds(config.thresholds) if config.cams is not None else [0.0]
     ids = _ids(config)
     work = functools.partial(_image_confusions, config=config, n=n, thresholds=thresholds)
-    total = [np.zeros((n, n + 1), dtype=np.int64) for _ in thresholds]
+    total = [np.zeros((n, n + 2), dtype=np.int64) for _ in thresholds]
     problems: list[str] = []
     if config.workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(config.workers)

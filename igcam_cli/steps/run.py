@@ -28,7 +28,7 @@ class RunConfig:
     epochs: int | None = None
     batch_size: int = 16
     crop: int = 512
-    lr: float = 0.1
+    lr: float | None = None
     scales: tuple[float, ...] = DEFAULT_SCALES
     threshold: float = 0.15
     crf: bool = True

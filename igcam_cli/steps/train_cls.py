@@ -37,6 +37,7 @@ from igcam_cli.metrics import mean_average_precision
 from igcam_cli.models import (
     CamNet,
     build_backbone,
+    default_lr,
     resolve_device,
     save_checkpoint_payload,
 )
@@ -55,7 +56,7 @@ class TrainConfig:
     epochs: int | None = None  # None: scaled to the dataset size (see auto_epochs)
     batch_size: int = 16
     crop: int = 512
-    lr: float = 0.1
+    lr: float | None = None  # None: the backbone's default (0.1 ResNet as IRN, 0.01 Lite)
     head_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     loader_workers: int = 2
@@ -133,8 +134,9 @@ def train_cls(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed)
     model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes)
     model = model.to(device).to(memory_format=torch.channels_last)
+    lr = config.lr if config.lr is not None else default_lr(config.backbone)
     optimizer = torch.optim.SGD(
-        model.param_groups(config.lr, config.head_lr_mult, config.weight_decay), momentum=0.9)
+        model.param_groups(lr, config.head_lr_mult, config.weight_decay), momentum=0.9)
     images = _TrainImages(samples, dataset.num_classes, config.crop, config.seed,
                           fill=tuple(model.backbone.mean))
     batch_size = min(config.batch_size, len(samples))
@@ -153,6 +155,7 @@ def train_cls(config: TrainConfig) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.generator.set_state(state["loader_rng"])
+        torch.set_rng_state(state["torch_rng"])  # stochastic depth draws from it
         history, start_epoch = state["history"], state["epoch"]
         console.print(f"train-cls: resuming after epoch {start_epoch} from {existing[-1].name}")
     record.inputs = {"dataset": config.dataset.describe(), "num_images": len(samples),
@@ -206,6 +209,7 @@ def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
     payload = save_checkpoint_payload(
         model, config.backbone, class_names, optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(), loader_rng=loader.generator.get_state(),
+        torch_rng=torch.get_rng_state(),
         history=history, epoch=epoch)
     write_torch(out / f"epoch-{epoch:03d}.pt", payload)
     for old in _checkpoints(out)[:-max(config.keep_checkpoints, 1)]:
