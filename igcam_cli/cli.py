@@ -159,7 +159,7 @@ def eval_cmd(
         help="CAM folder to score instead, sweeping the background threshold.")] = None,
     thresholds: Annotated[str, typer.Option(
         help="Sweep for --cams: START:STOP:STEP (inclusive) or a comma list.")
-    ] = "0.05:0.60:0.05",
+    ] = "0.05:0.95:0.05",
     split: Annotated[Path | None, typer.Option(
         help="File of image ids to score; missing predictions count as all-wrong. Default: "
              "every prediction in the folder.")] = None,
@@ -189,8 +189,9 @@ def run_cmd(
     lr: Annotated[float | None, typer.Option(
         help="Backbone learning rate (default per backbone, see train-cls).")] = None,
     scales: ScalesOpt = "1.0,0.5,1.5,2.0",
-    threshold: Annotated[float, typer.Option(help="Background threshold for the masks.")
-                         ] = 0.15,
+    threshold: Annotated[float | None, typer.Option(
+        help="Background threshold for the masks. Default: the best of the seed sweep when the "
+             "dataset has ground truth, else 0.15.")] = None,
     crf: Annotated[bool, typer.Option(help="DenseCRF refinement.")] = True,
     vis: Annotated[int, typer.Option(min=0, help="Overlay pictures to write.")] = 16,
     device: DeviceOpt = "auto", workers: WorkersOpt = 1, strict: StrictOpt = False,

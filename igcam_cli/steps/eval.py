@@ -31,7 +31,7 @@ class EvalConfig:
     gt: Path
     pred: Path | None = None
     cams: Path | None = None
-    thresholds: str = "0.05:0.60:0.05"
+    thresholds: str = "0.05:0.95:0.05"
     split: Path | None = None
     classes: Path | None = None
     ignore_uncertain: bool = False

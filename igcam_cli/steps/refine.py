@@ -24,6 +24,7 @@ from igcam_cli.steps.cam import load_cam
 from igcam_cli.steps.train_cls import _jsonable
 
 CRF_MODES = ("labels", "scores")
+DEFAULT_THRESHOLD = 0.15  # IRN's background threshold for CAM seeds
 
 
 @dataclass
@@ -31,7 +32,7 @@ class RefineConfig:
     run: Path
     cams: Path | None = None  # default RUN/cam
     out: Path | None = None  # default RUN/refine
-    threshold: float = 0.15
+    threshold: float = DEFAULT_THRESHOLD
     bg_threshold: float | None = None  # below threshold: pixels in between become 255
     crf: bool = True
     crf_mode: str = "labels"

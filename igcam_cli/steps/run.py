@@ -1,7 +1,9 @@
 """``igcam run``: every step in order into one run directory, skipping finished work.
 
-train-cls -> cam -> refine -> eval (when the dataset has ground truth) -> overlay pictures.
-Each step keeps its own resumability, so re-running after a crash continues where it stopped.
+train-cls -> cam -> [eval of the CAMs] -> refine -> [eval of the masks] -> overlay pictures,
+the evals when the dataset has ground truth. Without ``threshold`` the masks use the seed
+sweep's best background threshold when there is ground truth (how WSSS papers report seeds),
+else IRN's 0.15. Each step keeps its own resumability, so a rerun continues where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from igcam_cli.datasets import DatasetSpec, class_file, gt_dir
 from igcam_cli.runner import console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, default_report_path, evaluate
-from igcam_cli.steps.refine import RefineConfig, refine
+from igcam_cli.steps.refine import DEFAULT_THRESHOLD, RefineConfig, refine
 from igcam_cli.steps.train_cls import TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
@@ -30,7 +32,7 @@ class RunConfig:
     crop: int = 512
     lr: float | None = None
     scales: tuple[float, ...] = DEFAULT_SCALES
-    threshold: float = 0.15
+    threshold: float | None = None
     crf: bool = True
     device: str = "auto"
     workers: int = 1
@@ -47,10 +49,9 @@ def run(config: RunConfig) -> dict[str, dict]:
         resume=True))
     cams = cam(CamConfig(run=config.run, dataset=config.dataset, scales=config.scales,
                          device=config.device, strict=config.strict))
-    masks = refine(RefineConfig(run=config.run, threshold=config.threshold, crf=config.crf,
-                                workers=config.workers, strict=config.strict))
     gt = gt_dir(config.dataset)
     reports: dict[str, dict] = {}
+    common: dict = {}
     if gt is not None:
         assert config.dataset.voc is not None
         split = config.dataset.voc / "ImageSets" / "Segmentation" / f"{config.dataset.split}.txt"
@@ -59,10 +60,18 @@ def run(config: RunConfig) -> dict[str, dict]:
         reports["seed"] = evaluate(EvalConfig(
             cams=cams, out=default_report_path(config.run, "seed"),
             name="seed (CAM, threshold sweep)", **common))
+    threshold = config.threshold
+    if threshold is None:
+        threshold = reports["seed"]["threshold"] if "seed" in reports else DEFAULT_THRESHOLD
+        console.print(f"run: background threshold {threshold} "
+                      f"({'best of the seed sweep' if 'seed' in reports else 'default'})")
+    masks = refine(RefineConfig(run=config.run, threshold=threshold, crf=config.crf,
+                                workers=config.workers, strict=config.strict))
+    if gt is not None:
         reports["mask"] = evaluate(EvalConfig(
             pred=masks, out=default_report_path(config.run, "mask"),
             name=f"pseudo-masks (refine{', CRF' if config.crf else ''}, "
-                 f"threshold {config.threshold})", **common))
+                 f"threshold {threshold})", **common))
     written = write_overlays(cams, masks, gt, RunDir(config.run).step("vis"), config.vis)
     console.print(f"run: {len(written)} overlay pictures in {RunDir(config.run).step('vis')}")
     return reports

@@ -1,0 +1,28 @@
+"""The demo end to end: the classifier must really learn, so its masks beat trivial ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import igcam
+from PIL import Image
+
+
+def test_demo_masks_beat_all_background(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    result = igcam("demo", "--run", run, "--images", "96", "--size", "128", "--epochs", "4",
+                   "--device", "cpu", timeout=900)
+    assert result.returncode == 0, result.stderr
+    mask_report = json.loads((run / "eval" / "mask.json").read_text())["report"]
+    seed_report = json.loads((run / "eval" / "seed.json").read_text())["report"]
+    # All-background scores IoU = background share for background and 0 for the 5 classes.
+    gt = np.concatenate([np.array(Image.open(p)).ravel()
+                         for p in sorted((run / "data" / "SegmentationClass").glob("*.png"))])
+    labelled = gt[gt != 255]
+    trivial = float((labelled == 0).mean()) / 6
+    assert seed_report["miou"] > 2 * trivial, (seed_report["miou"], trivial)
+    assert mask_report["miou"] > 2 * trivial, (mask_report["miou"], trivial)
+    assert len(list((run / "vis").glob("*.jpg"))) == 12
+    assert "mIoU" in result.stderr
