@@ -102,9 +102,15 @@ class EfficientNetLite(Backbone):
         if state is not None:
             net.load_state_dict(state)
         self.imagenet_fc = net._fc  # kept so tests can check the ImageNet weights really loaded
-        if output_stride == 16:  # the last stride-2 depthwise conv runs at stride 1
-            last_down = [b for b in net._blocks if b._depthwise_conv.stride[0] == 2][-1]
-            last_down._depthwise_conv.stride = (1, 1)
+        if output_stride == 16:
+            # The last stride-2 depthwise conv runs at stride 1 and the blocks after it are
+            # dilated by 2 (DeepLab-style), so their pretrained kernels keep the receptive field
+            # they were trained with; without the dilation ImageNet accuracy collapses.
+            blocks = list(net._blocks)
+            last = max(i for i, b in enumerate(blocks) if b._depthwise_conv.stride[0] == 2)
+            blocks[last]._depthwise_conv.stride = (1, 1)
+            for block in blocks[last + 1:]:
+                block._depthwise_conv.dilation = (2, 2)
         self.net = freeze_batchnorm(net)
         self.out_channels = net._conv_head.out_channels
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -27,10 +26,14 @@ T = TypeVar("T")
 
 
 def progress_bar(*extra_columns: TextColumn) -> Progress:
-    """A rich progress bar on stderr, so stdout stays clean for pipelines."""
+    """A rich progress bar on stderr, so stdout stays clean for pipelines.
+
+    Off a terminal (cluster logs) rich draws nothing while running and one final line at the
+    end, so logs get a summary rather than thousands of redraws.
+    """
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *extra_columns, TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=not sys.stderr.isatty())
+                    console=console)
 
 
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:

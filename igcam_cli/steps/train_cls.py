@@ -118,7 +118,7 @@ def train_cls(config: TrainConfig) -> Path:
     out = ensure_dir(RunDir(config.run).step("train-cls"))
     remove_stale_temps(out)
     final = out / CLASSIFIER_FILE
-    if final.exists() and not config.resume:
+    if final.exists():
         console.print(f"train-cls: {final} exists, skipping (delete it to retrain)")
         return final
     dataset = load_dataset(config.dataset, strict=config.strict)
@@ -149,6 +149,9 @@ def train_cls(config: TrainConfig) -> Path:
     history: list[dict] = []
     start_epoch = 0
     existing = _checkpoints(out)
+    if existing and not config.resume:
+        console.print(f"train-cls: starting over; pass --resume to continue from "
+                      f"{existing[-1].name}")
     if config.resume and existing:
         state = torch.load(existing[-1], map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
