@@ -54,7 +54,12 @@ def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
     expected = sorted(int(v) - 1 for v in set(mask.flat) - {0, 255})
     assert data["classes"].tolist() == expected
     assert data["cams"].dtype == np.float16 and data["cams"].shape[1:] == mask.shape
-    assert np.allclose(data["cams"].reshape(len(expected), -1).max(axis=1), 1.0, atol=1e-3)
+    # Max-normalised: each class map peaks at 1, or is all zero where the (barely trained)
+    # classifier has no positive evidence for the class at all.
+    peaks = np.concatenate([load_cam(f)["cams"].reshape(len(load_cam(f)["classes"]), -1)
+                            .max(axis=1).astype(np.float32) for f in files])
+    assert np.all(np.isclose(peaks, 1.0, atol=1e-3) | (peaks == 0))
+    assert np.isclose(peaks, 1.0, atol=1e-3).any()
 
     for crf in ("--crf", "--no-crf"):
         out = trained / f"refine{crf}"
