@@ -22,7 +22,7 @@ from igcam_cli.images import IGNORE, read_label_map
 from igcam_cli.metrics import confusion, missing_confusion, scores
 from igcam_cli.runner import console, track
 from igcam_cli.steps.cam import load_cam
-from igcam_cli.steps.refine import seed_labels
+from igcam_cli.steps.refine import peak_labels
 from igcam_cli.steps.train_cls import _jsonable
 
 
@@ -76,7 +76,8 @@ def _image_confusions(image_id: str, config: EvalConfig, n: int,
             if cams.shape[1:] != gt.shape:
                 raise ImageProblem(f"{path}: size {cams.shape[1:]} differs from ground truth "
                                    f"{gt.shape}")
-            return [confusion(gt, seed_labels(cams, classes, t), n) for t in thresholds], None
+            peak, best = peak_labels(cams, classes)  # once, then one comparison per threshold
+            return [confusion(gt, np.where(peak > t, best, 0), n) for t in thresholds], None
         path = config.pred / f"{image_id}.png"
         if not path.is_file():
             return missing, f"{image_id}: no prediction"
