@@ -219,17 +219,19 @@ BACKBONES: dict[str, BackboneSpec] = {
 def build_backbone(name: str, weights: Path | None = None, pretrained: bool = True,
                    output_stride: int = 16) -> Backbone:
     """``output_stride`` 16 for CAMs; 32 restores the ImageNet network (used to check weights)."""
-    if name not in BACKBONES:
-        raise IgcamError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     if output_stride not in (16, 32):
         raise ValueError("output_stride must be 16 or 32")
-    return BACKBONES[name].build(weights, pretrained, output_stride)
+    return _spec(name).build(weights, pretrained, output_stride)
 
 
 def default_lr(name: str) -> float:
+    return _spec(name).default_lr
+
+
+def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise IgcamError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    return BACKBONES[name].default_lr
+    return BACKBONES[name]
 
 
 def resolve_device(name: str) -> torch.device:

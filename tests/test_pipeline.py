@@ -56,8 +56,8 @@ def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
     assert data["cams"].dtype == np.float16 and data["cams"].shape[1:] == mask.shape
     # Max-normalised: each class map peaks at 1, or is all zero where the (barely trained)
     # classifier has no positive evidence for the class at all.
-    peaks = np.concatenate([load_cam(f)["cams"].reshape(len(load_cam(f)["classes"]), -1)
-                            .max(axis=1).astype(np.float32) for f in files])
+    maps = [load_cam(f)["cams"] for f in files]
+    peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32) for m in maps])
     assert np.all(np.isclose(peaks, 1.0, atol=1e-3) | (peaks == 0))
     assert np.isclose(peaks, 1.0, atol=1e-3).any()
 

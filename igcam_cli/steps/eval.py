@@ -64,12 +64,14 @@ def _image_confusions(image_id: str, config: EvalConfig, n: int,
     if top >= n:
         raise IgcamError(f"{config.gt / image_id}.png has class {top} but only {n - 1} classes "
                          "are known; pass --classes")
-    missing = [missing_confusion(gt, n)] * len(thresholds)
+    def missing() -> list[np.ndarray]:
+        return [missing_confusion(gt, n)] * len(thresholds)
+
     try:
         if config.cams is not None:
             path = config.cams / f"{image_id}.npz"
             if not path.is_file():
-                return missing, f"{image_id}: no CAM file"
+                return missing(), f"{image_id}: no CAM file"
             data = load_cam(path)
             cams = data["cams"].astype(np.float32)
             classes = data["classes"].astype(np.int64)
@@ -80,13 +82,13 @@ def _image_confusions(image_id: str, config: EvalConfig, n: int,
             return [confusion(gt, np.where(peak > t, best, 0), n) for t in thresholds], None
         path = config.pred / f"{image_id}.png"
         if not path.is_file():
-            return missing, f"{image_id}: no prediction"
+            return missing(), f"{image_id}: no prediction"
         pred = read_label_map(path)
         if pred.shape != gt.shape:
             raise ImageProblem(f"{path}: size {pred.shape} differs from ground truth {gt.shape}")
         return [confusion(gt, pred, n)], None
     except ImageProblem as problem:
-        return missing, str(problem)
+        return missing(), str(problem)
 
 
 def _ids(config: EvalConfig) -> list[str]:
