@@ -97,6 +97,39 @@ def train_cls_cmd(
         device=device, seed=seed, resume=resume, strict=strict))
 
 
+@app.command("propose")
+def propose_cmd(
+    run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,
+    labels: LabelsOpt = None, classes: ClassesOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/propose).")] = None,
+    mode: Annotated[str, typer.Option(
+        help="Selective search strategy: fast (2 colour spaces x 3 segmentation scales), "
+             "quality (5 x 5, more similarity measures: slowest, most boxes) or single "
+             "(1 x 1: fastest, fewest boxes).")] = "fast",
+    size: Annotated[int, typer.Option(
+        help="Long side in pixels of the copy the search runs on; larger images are shrunk to "
+             "it and the boxes mapped back to the original pixels.")] = 500,
+    min_size: Annotated[float, typer.Option(
+        help="Drop boxes with a side shorter than this fraction of the image's shorter side.")
+    ] = 0.02,
+    max_aspect: Annotated[float, typer.Option(
+        help="Drop boxes whose long side is more than this many times their short side.")] = 4.0,
+    nms_iou: Annotated[float, typer.Option(
+        help="Non-maximum suppression: drop a box that overlaps a better-ranked one with more "
+             "than this IoU (1 keeps all).")] = 0.7,
+    top: Annotated[int, typer.Option(help="Boxes kept per image, best-ranked first.")] = 300,
+    workers: WorkersOpt = 1, overwrite: OverwriteOpt = False, shard: ShardOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Object proposals per image by Selective Search: .npz boxes in original pixels."""
+    from igcam_cli.steps.propose import ProposeConfig, propose
+
+    propose(ProposeConfig(
+        run=run, dataset=_spec(voc, split, images, labels, classes), out=out, mode=mode,
+        size=size, min_size=min_size, max_aspect=max_aspect, nms_iou=nms_iou, top=top,
+        workers=workers, overwrite=overwrite, shard=shard, strict=strict))
+
+
 @app.command("cam")
 def cam_cmd(
     run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,

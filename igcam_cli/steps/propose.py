@@ -1,0 +1,177 @@
+"""``igcam propose``: object proposals for every image by Selective Search (OpenCV ximgproc).
+
+The search runs on a copy of the image shrunk to a long side of at most ``size``: its graph
+segmentation measures region sizes in pixels, so a fixed working size gives the same
+granularity on every dataset and bounds the time per image. Its boxes are mapped back to the
+original pixels, boxes that are too thin or too small are dropped, then non-maximum
+suppression and the ``top`` best are kept.
+
+Selective search sorts its boxes by a random number times the region's level in the merge
+hierarchy, lowest first, so small early segments tend to lead (the reverse of the paper's order,
+as OpenCV's source notes). That order is the ranking: box i of n scores (n - i) / n, so
+suppression keeps the earlier of two overlapping boxes. The random numbers come from the C
+library's ``rand()``, which ``cv2.setRNGSeed`` does not reach, so it is seeded before every
+search: the same image always gives the same boxes, whatever the worker, order or shard.
+
+Saved as ``<id>.npz`` with ``boxes`` (int32, N x 4: x1, y1, x2, y2 in original pixels, x2 and
+y2 exclusive), ``scores`` (float32, best first), ``image`` (the source path) and ``size``
+(int32 [H, W]).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from igcam_cli.artifacts import (
+    RunDir,
+    Shard,
+    StepRecord,
+    ensure_dir,
+    fingerprint,
+    remove_stale_temps,
+    write_npz,
+)
+from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
+from igcam_cli.errors import IgcamError
+from igcam_cli.images import read_image
+from igcam_cli.runner import console, run_per_image
+from igcam_cli.steps.train_cls import _jsonable
+
+# --mode -> the SelectiveSearchSegmentation method that sets up its strategies.
+MODES = {"fast": "switchToSelectiveSearchFast", "quality": "switchToSelectiveSearchQuality",
+         "single": "switchToSingleStrategy"}
+RANK_SEED = 0  # seed of the C rand() behind selective search's ranking
+NEEDS_CONTRIB = ("propose needs opencv-contrib-python-headless (cv2.ximgproc); plain "
+                 "opencv-python hides it: pip uninstall opencv-python opencv-python-headless "
+                 "&& pip install opencv-contrib-python-headless")
+
+
+@dataclass
+class ProposeConfig:
+    run: Path
+    dataset: DatasetSpec
+    out: Path | None = None  # default RUN/propose
+    mode: str = "fast"
+    size: int = 500  # long side of the copy the search runs on; smaller images keep theirs
+    min_size: float = 0.02  # shortest allowed box side, as a fraction of min(H, W)
+    max_aspect: float = 4.0  # longest allowed box side / shortest
+    nms_iou: float = 0.7
+    top: int = 300
+    workers: int = 1
+    overwrite: bool = False
+    shard: str | None = None
+    strict: bool = False
+
+
+def _import_cv2() -> ModuleType:
+    """cv2 with the contrib modules: plain opencv-python imports fine but lacks ximgproc."""
+    try:
+        import cv2
+    except ImportError:
+        raise IgcamError(NEEDS_CONTRIB) from None
+    if not hasattr(cv2, "ximgproc"):
+        raise IgcamError(NEEDS_CONTRIB)
+    return cv2
+
+
+def _check(config: ProposeConfig) -> None:
+    if config.mode not in MODES:
+        raise IgcamError(f"--mode must be one of {', '.join(MODES)}, got {config.mode!r}")
+    if config.size < 32:
+        raise IgcamError("--size must be at least 32 (pixels)")
+    if not 0 <= config.min_size < 1:
+        raise IgcamError("--min-size must be in [0, 1) (a fraction of the image's shorter side)")
+    if config.max_aspect < 1:
+        raise IgcamError("--max-aspect must be at least 1")
+    if not 0 < config.nms_iou <= 1:
+        raise IgcamError("--nms-iou must be in (0, 1]")
+    if config.top < 1:
+        raise IgcamError("--top must be at least 1")
+
+
+def selective_search(bgr: np.ndarray, mode: str) -> np.ndarray:
+    """Boxes (n, 4) as x, y, width, height in ``bgr``'s pixels, in the search's rank order."""
+    cv2 = _import_cv2()
+    cv2.setNumThreads(1)  # --workers processes share the cores instead of each taking them all
+    search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    search.setBaseImage(bgr)
+    getattr(search, MODES[mode])()
+    ctypes.CDLL(None).srand(RANK_SEED)  # the rand() that ranks the regions (POSIX libc)
+    return np.asarray(search.process(), dtype=np.float64).reshape(-1, 4)
+
+
+def proposals(image: np.ndarray, config: ProposeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (N, 4) int32 x1, y1, x2, y2 in ``image``'s pixels and their scores, best first."""
+    cv2 = _import_cv2()
+    height, width = image.shape[:2]
+    scale = min(1.0, config.size / max(height, width))
+    small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    if scale < 1:
+        bgr = cv2.resize(bgr, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    xywh = selective_search(bgr, config.mode)
+    n = len(xywh)
+    scores = (n - np.arange(n)) / n
+    corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    to_original = np.tile([width / small_w, height / small_h], 2)
+    boxes = np.clip(np.rint(corners * to_original), 0, [width, height, width, height])
+    sides = boxes[:, 2:] - boxes[:, :2]
+    short, long = sides.min(axis=1), sides.max(axis=1)
+    keep = short >= max(1.0, config.min_size * min(height, width))
+    keep &= long <= config.max_aspect * short
+    boxes, scores = boxes[keep], scores[keep]
+    kept = nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(),
+               config.nms_iou)[: config.top].numpy()
+    return boxes[kept].astype(np.int32), scores[kept].astype(np.float32)
+
+
+def propose_one(sample: Sample, config: ProposeConfig, out: Path) -> None:
+    """Write one image's proposals (module level so worker processes can run it)."""
+    image = read_image(sample.image)
+    boxes, scores = proposals(image, config)
+    write_npz(out / f"{sample.id}.npz", boxes=boxes, scores=scores,
+              image=np.array(str(sample.image.resolve())),
+              size=np.array(image.shape[:2], dtype=np.int32))
+
+
+def propose(config: ProposeConfig) -> Path:
+    """Write one proposal file per image; finished images are skipped unless ``overwrite``."""
+    _check(config)
+    _import_cv2()
+    shard = Shard.parse(config.shard)
+    out = ensure_dir(config.out or RunDir(config.run).step("propose"))
+    remove_stale_temps(out)
+    dataset = load_dataset(config.dataset, strict=config.strict)
+    record = StepRecord("propose", _jsonable(asdict(config)))
+    for problem in dataset.problems:
+        record.warn(problem)
+    record.count("failed", len(dataset.problems))
+    samples = shard.select(dataset.samples)
+    record.inputs = {"dataset": config.dataset.describe(),
+                     "images_fingerprint": fingerprint(s.id for s in samples)}
+    run_per_image(samples, functools.partial(propose_one, config=config, out=out),
+                  lambda s: out / f"{s.id}.npz", record, overwrite=config.overwrite,
+                  strict=config.strict, workers=config.workers, description="propose")
+    done = [out / f"{s.id}.npz" for s in samples if (out / f"{s.id}.npz").is_file()]
+    mean_boxes = float(np.mean([len(load_proposals(p)["boxes"]) for p in done])) if done else 0.0
+    record.extra = {"boxes_per_image": round(mean_boxes, 1)}
+    record.save(out, shard)
+    console.print(f"propose: {record.counts.get('processed', 0)} written, "
+                  f"{record.counts.get('skipped_done', 0)} already done, "
+                  f"{record.counts.get('failed', 0)} failed, {mean_boxes:.1f} boxes per image "
+                  f"-> {out}")
+    return out
+
+
+def load_proposals(path: Path) -> dict[str, np.ndarray]:
+    """Read a proposal file written by :func:`propose` (no pickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
