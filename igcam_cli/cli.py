@@ -130,6 +130,49 @@ def propose_cmd(
         workers=workers, overwrite=overwrite, shard=shard, strict=strict))
 
 
+@app.command("influence")
+def influence_cmd(
+    run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,
+    labels: LabelsOpt = None, classes: ClassesOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Classifier checkpoint (default RUN/train-cls/classifier.pt).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default RUN/influence).")] = None,
+    params: Annotated[str, typer.Option(
+        help="Parameters the Hessian covers: head (1x1 classifier, exact and fast), layer4 "
+             "(last backbone stage + head) or all (every trainable weight).")] = "head",
+    solver: Annotated[str, typer.Option(
+        help="Inverse-Hessian-vector product: exact (head only), cg (conjugate gradient on a "
+             "fixed Hessian sample) or lissa (stochastic recursion).")] = "exact",
+    damping: Annotated[float, typer.Option(
+        help="Added to the Hessian's diagonal; makes a few images' Hessian invertible.")] = 0.01,
+    holdout: Annotated[float, typer.Option(
+        help="Share of the images (by a hash of the id) whose loss the influence is measured "
+             "on; the Hessian uses the rest.")] = 0.2,
+    iters: Annotated[int, typer.Option(min=1, help="CG iterations or LiSSA depth.")] = 100,
+    hessian_images: Annotated[int, typer.Option(
+        min=1, help="Images per Hessian-vector product (layer4/all).")] = 8,
+    size: Annotated[int, typer.Option(
+        min=32, help="Long side images are shrunk to for layer4/all.")] = 448,
+    self_influence: Annotated[bool, typer.Option(
+        help="Also compute each image's self-influence (one inverse-HVP per image unless "
+             "--solver exact).")] = True,
+    maps: Annotated[bool, typer.Option(
+        help="Write per-image spatial influence maps (used by cam --method igcam).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for the Hessian samples.")] = 0,
+    device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, shard: ShardOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Influence of every training image on a held-out loss, and spatial influence maps."""
+    from igcam_cli.steps.influence import InfluenceConfig, influence
+
+    influence(InfluenceConfig(
+        run=run, dataset=_spec(voc, split, images, labels, classes), checkpoint=checkpoint,
+        out=out, params=params, solver=solver, damping=damping, holdout=holdout, iters=iters,
+        hessian_images=hessian_images, size=size, self_influence=self_influence, maps=maps,
+        seed=seed, device=device, overwrite=overwrite, shard=shard, strict=strict))
+
+
 @app.command("cam")
 def cam_cmd(
     run: RunOpt, voc: VocOpt = None, split: SplitOpt = "train", images: ImagesOpt = None,

@@ -86,6 +86,10 @@ class Backbone(nn.Module):
         """Parameters kept fixed during training (the stem, as in IRN)."""
         return iter(())
 
+    def last_stage_parameters(self) -> Iterator[nn.Parameter]:
+        """The last stage (ResNet's layer4): what ``influence --params layer4`` differentiates."""
+        raise NotImplementedError
+
 
 class EfficientNetLite(Backbone):
     """EfficientNet-Lite (ReLU6, no squeeze-excite) with TF-style dynamic 'same' padding."""
@@ -102,12 +106,13 @@ class EfficientNetLite(Backbone):
         if state is not None:
             net.load_state_dict(state)
         self.imagenet_fc = net._fc  # kept so tests can check the ImageNet weights really loaded
+        blocks = list(net._blocks)
+        last = max(i for i, b in enumerate(blocks) if b._depthwise_conv.stride[0] == 2)
+        self.last_stage_start = last  # first block of the stride-32 stage
         if output_stride == 16:
             # The last stride-2 depthwise conv runs at stride 1 and the blocks after it are
             # dilated by 2 (DeepLab-style), so their pretrained kernels keep the receptive field
             # they were trained with; without the dilation ImageNet accuracy collapses.
-            blocks = list(net._blocks)
-            last = max(i for i, b in enumerate(blocks) if b._depthwise_conv.stride[0] == 2)
             blocks[last]._depthwise_conv.stride = (1, 1)
             for block in blocks[last + 1:]:
                 block._depthwise_conv.dilation = (2, 2)
@@ -119,6 +124,11 @@ class EfficientNetLite(Backbone):
 
     def frozen_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.net._conv_stem.parameters())
+
+    def last_stage_parameters(self) -> Iterator[nn.Parameter]:
+        for block in self.net._blocks[self.last_stage_start:]:
+            yield from block.parameters()
+        yield from self.net._conv_head.parameters()
 
 
 class ResNet(Backbone):
@@ -147,6 +157,9 @@ class ResNet(Backbone):
 
     def frozen_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.body[0].parameters())
+
+    def last_stage_parameters(self) -> Iterator[nn.Parameter]:
+        return self.body[7].parameters()
 
 
 def _lite_state(variant: str, weights: Path | None) -> dict[str, torch.Tensor]:

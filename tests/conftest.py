@@ -20,6 +20,19 @@ def tiny_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("tiny") / "data", n_train=24, size=64, seed=3)
 
 
+TRAIN = ("--epochs", "2", "--crop", "64", "--batch-size", "8", "--loader-workers", "0",
+         "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory whose classifier was trained for two epochs on ``tiny_voc``."""
+    run = tmp_path_factory.mktemp("run")
+    result = igcam("train-cls", "--run", run, "--voc", tiny_voc, *TRAIN)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
 @pytest.fixture(scope="session")
 def coco128() -> Path:
     root = SHARED / "coco128-voc"

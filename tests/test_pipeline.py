@@ -20,16 +20,10 @@ from PIL import Image
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.steps.cam import load_cam
 
-TRAIN = ("--epochs", "2", "--crop", "64", "--batch-size", "8", "--loader-workers", "0",
-         "--device", "cpu")
-
 
 @pytest.fixture(scope="module")
-def trained(tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    result = igcam("train-cls", "--run", run, "--voc", tiny_voc, *TRAIN)
-    assert result.returncode == 0, result.stderr
-    return run
+def trained(trained_run: Path) -> Path:
+    return trained_run
 
 
 def test_train_cls_writes_checkpoint_metrics_and_manifest(trained: Path) -> None:
