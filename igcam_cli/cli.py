@@ -186,16 +186,41 @@ def cam_cmd(
         help="Use the image-level labels when known (else the predicted classes).")] = True,
     score_threshold: Annotated[float, typer.Option(
         help="Class probability above which an unlabelled image gets a CAM for a class.")] = 0.5,
+    method: Annotated[str, typer.Option(
+        help="cam: multi-scale CAM. igcam: CAM fused with the evidence of object proposals "
+             "(needs `igcam propose`). Methods other than cam write to RUN/cam-<method>.")
+    ] = "cam",
+    proposals: Annotated[Path | None, typer.Option(
+        help="igcam: proposal folder (default RUN/propose).")] = None,
+    influence: Annotated[Path | None, typer.Option(
+        help="igcam: an influence folder (e.g. RUN/influence) whose spatial maps also weight "
+             "the boxes. Default: not used.")] = None,
+    box_scores: Annotated[str, typer.Option(
+        help="igcam: crop (classify each box's crop) or roi (RoI-align the feature map; "
+             "faster, weaker).")] = "crop",
+    box_candidates: Annotated[int, typer.Option(
+        min=1, help="igcam: best-ranked proposals scored per image.")] = 100,
+    box_top: Annotated[int, typer.Option(
+        min=1, help="igcam: boxes per class whose evidence is spread.")] = 20,
+    box_weight: Annotated[float, typer.Option(
+        help="igcam: share of the box evidence in the fused map, 0..1.")] = 0.5,
+    crop_size: Annotated[int, typer.Option(
+        min=32, help="igcam: side of the box crops in crop mode.")] = 192,
     device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, shard: ShardOpt = None,
     strict: StrictOpt = False,
 ) -> None:
     """Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 maps)."""
+    from igcam_cli.methods.igcam import GuidanceConfig
     from igcam_cli.steps.cam import CamConfig, cam
 
     cam(CamConfig(run=run, dataset=_spec(voc, split, images, labels, classes),
                   checkpoint=checkpoint, out=out, scales=_scales(scales), flip=flip,
                   use_labels=use_labels, score_threshold=score_threshold, device=device,
-                  overwrite=overwrite, shard=shard, strict=strict))
+                  overwrite=overwrite, shard=shard, strict=strict, method=method,
+                  proposals=proposals, influence=influence,
+                  guidance=GuidanceConfig(box_scores=box_scores, candidates=box_candidates,
+                                          top=box_top, box_weight=box_weight,
+                                          crop_size=crop_size)))
 
 
 @app.command("refine")

@@ -5,11 +5,17 @@ image, summed, restricted to the image's labelled classes (or, for unlabelled im
 classes the classifier predicts), each divided by its maximum. Saved as ``<id>.npz`` with
 ``classes`` (0-based class ids), ``cams`` (float16, K x H x W), ``scores`` (sigmoid of all
 classes) and ``image`` (the source path, so later steps need no dataset options).
+
+``--method igcam`` fuses these maps with the class evidence of the image's object proposals
+(``igcam propose``), optionally weighted by spatial influence (``igcam influence``); see
+:mod:`igcam_cli.methods.igcam`. Other methods write to ``RUN/cam-<method>`` so that one run
+directory holds every method side by side.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +32,16 @@ from igcam_cli.artifacts import (
     write_npz,
 )
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
-from igcam_cli.errors import IgcamError
+from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import read_image
+from igcam_cli.methods.igcam import GuidanceConfig
 from igcam_cli.models import CamNet, load_classifier, resolve_device
 from igcam_cli.runner import console, run_per_image
 from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
 from igcam_cli.transforms import resize, scaled_size, to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
+METHODS = ("cam", "igcam")
 
 
 @dataclass
@@ -50,6 +58,10 @@ class CamConfig:
     overwrite: bool = False
     shard: str | None = None
     strict: bool = False
+    method: str = "cam"
+    proposals: Path | None = None  # igcam: default RUN/propose
+    influence: Path | None = None  # igcam: influence folder whose maps weight the boxes
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 
 @torch.inference_mode()
@@ -88,7 +100,10 @@ def normalise(cams: torch.Tensor) -> torch.Tensor:
 
 
 def cam_dir(config: CamConfig) -> Path:
-    return config.out or RunDir(config.run).step("cam")
+    if config.out is not None:
+        return config.out
+    folder = RunDir(config.run).step("cam")
+    return folder if config.method == "cam" else folder.with_name(f"cam-{config.method}")
 
 
 def cam(config: CamConfig) -> Path:
@@ -96,9 +111,13 @@ def cam(config: CamConfig) -> Path:
     shard = Shard.parse(config.shard)
     if not config.scales or any(s <= 0 for s in config.scales):
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
+    if config.method not in METHODS:
+        raise IgcamError(f"--method must be one of {', '.join(METHODS)}, got {config.method!r}")
+
     checkpoint = config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
+    guide = _guidance(config, model) if config.method == "igcam" else None
     out = ensure_dir(cam_dir(config))
     remove_stale_temps(out)
     model = model.to(memory_format=torch.channels_last)
@@ -124,6 +143,8 @@ def cam(config: CamConfig) -> Path:
         else:
             classes = torch.nonzero(probs >= config.score_threshold).flatten().tolist()
         maps = normalise(cams[classes]) if classes else cams[:0]
+        if guide is not None:
+            maps = guide(sample, image, maps, classes)
         write_npz(out / f"{sample.id}.npz", classes=np.array(classes, dtype=np.int16),
                   cams=maps.cpu().numpy().astype(np.float16),
                   scores=probs.cpu().numpy().astype(np.float32),
@@ -137,6 +158,41 @@ def cam(config: CamConfig) -> Path:
                   f"{record.counts.get('skipped_done', 0)} already done, "
                   f"{record.counts.get('failed', 0)} failed -> {out}")
     return out
+
+
+def _guidance(config: CamConfig, model: CamNet
+              ) -> Callable[[Sample, torch.Tensor, torch.Tensor, list[int]], torch.Tensor]:
+    """The igcam fusion for one image, reading its proposals (and influence maps) from disk."""
+    from igcam_cli.methods.igcam import BOX_SCORES, instance_guided
+    from igcam_cli.steps.influence import load_influence_map
+    from igcam_cli.steps.propose import load_proposals
+
+    if config.guidance.box_scores not in BOX_SCORES:
+        raise IgcamError(f"--box-scores must be one of {', '.join(BOX_SCORES)}")
+    if not 0 <= config.guidance.box_weight <= 1:
+        raise IgcamError("--box-weight must be between 0 and 1")
+    proposals = config.proposals or RunDir(config.run).step("propose")
+    if not proposals.is_dir():
+        raise IgcamError(f"--method igcam needs proposals: {proposals} not found "
+                         "(run `igcam propose` first or pass --proposals DIR)")
+    maps_dir = None if config.influence is None else config.influence / "maps"
+    if maps_dir is not None and not maps_dir.is_dir():
+        raise IgcamError(f"{maps_dir} not found (run `igcam influence` first)")
+
+    def guide(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+              classes: list[int]) -> torch.Tensor:
+        path = proposals / f"{sample.id}.npz"
+        if not path.is_file():
+            raise ImageProblem(f"{sample.image}: no proposals in {proposals}")
+        boxes = torch.from_numpy(load_proposals(path)["boxes"])
+        influence = None
+        if maps_dir is not None:
+            stored = load_influence_map(maps_dir / f"{sample.id}.npz")
+            rows = [stored["classes"].tolist().index(c) for c in classes]
+            influence = torch.from_numpy(stored["maps"][rows].astype(np.float32))
+        return instance_guided(model, image, cams, classes, boxes, config.guidance, influence)
+
+    return guide
 
 
 def load_cam(path: Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,106 @@
+"""Instance guidance: spread the class evidence of object proposals over whole boxes.
+
+A CAM lights up an object's most discriminative part. A Selective Search box that contains the
+whole object is scored by the classifier as a unit, and its score is spread over the entire
+box, so the part the CAM missed gets evidence too. Per image and labelled class c:
+
+1. score the best-ranked ``candidates`` proposals: either by cropping each box out of the image
+   and classifying the crop (``crop``: the classifier sees the object at its own scale), or by
+   RoI-aligning the backbone's stride-16 features and applying the 1x1 classifier (``roi``:
+   cheap, but for a linear head this is just the box's mean raw CAM, so it adds little);
+2. weight box b by ``p_bc * mean(CAM_c inside b)``: the class probability of the box times how
+   densely the CAM supports it there, which keeps large boxes that are mostly background from
+   winning, optionally times the mean spatial influence inside the box;
+3. add the ``top`` best boxes' weights over their areas (boxes that agree reinforce each
+   other), divide by the maximum, and blend with the CAM:
+   ``(1 - box_weight) * CAM + box_weight * evidence``, renormalised to a peak of 1.
+
+The defaults were chosen on ../shared/data/coco128-voc (see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import roi_align
+
+from igcam_cli.models import CamNet
+
+BOX_SCORES = ("crop", "roi")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    box_scores: str = "crop"
+    candidates: int = 100  # proposals scored per image (best-ranked first)
+    top: int = 20  # boxes per class whose evidence is spread
+    box_weight: float = 0.5  # share of the box evidence in the fused map
+    crop_size: int = 192  # side of the crops classified in crop mode
+    batch: int = 50  # crops per forward pass
+
+
+@torch.inference_mode()
+def box_probabilities(model: CamNet, image: torch.Tensor, boxes: torch.Tensor,
+                      config: GuidanceConfig) -> torch.Tensor:
+    """(N, C) class probabilities of every box; ``image`` (3, H, W) in [0, 1]."""
+    rois = [boxes.float()]
+    if config.box_scores == "crop":
+        size = (config.crop_size, config.crop_size)
+        crops = roi_align(image[None], rois, output_size=size, spatial_scale=1.0,
+                          sampling_ratio=2, aligned=True)
+        logits = torch.cat([model(c.contiguous(memory_format=torch.channels_last))
+                            for c in crops.split(config.batch)])
+    else:
+        features = model.features(image[None])
+        pooled = roi_align(features, rois, output_size=(4, 4),
+                           spatial_scale=features.shape[-1] / image.shape[-1], sampling_ratio=2,
+                           aligned=True).mean(dim=(2, 3), keepdim=True)
+        logits = model.classifier(pooled).flatten(1)
+    return torch.sigmoid(logits.float())
+
+
+def box_means(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(K, N) mean of each of K maps (K, H, W) inside each box (x1, y1, x2, y2 exclusive)."""
+    integral = torch.nn.functional.pad(maps.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+    x1, y1, x2, y2 = boxes.long().unbind(1)
+    sums = (integral[:, y2, x2] - integral[:, y1, x2] - integral[:, y2, x1]
+            + integral[:, y1, x1])
+    area = ((x2 - x1) * (y2 - y1)).clamp_min(1)
+    return (sums / area).float()
+
+
+def spread(boxes: torch.Tensor, weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(H, W) sum of ``weights`` over their boxes, by a 2-D difference array and two cumsums."""
+    diff = torch.zeros(height + 1, width + 1, dtype=torch.float64, device=boxes.device)
+    x1, y1, x2, y2 = boxes.long().unbind(1)
+    w = weights.double()
+    for ys, xs, sign in ((y1, x1, 1), (y1, x2, -1), (y2, x1, -1), (y2, x2, 1)):
+        diff.index_put_((ys, xs), sign * w, accumulate=True)
+    return diff.cumsum(0).cumsum(1)[:height, :width].float()
+
+
+def instance_guided(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: list[int],
+                    boxes: torch.Tensor, config: GuidanceConfig,
+                    influence: torch.Tensor | None = None) -> torch.Tensor:
+    """Fuse max-normalised ``cams`` (K, H, W) of ``classes`` with their proposals' evidence.
+
+    ``boxes`` (N, 4) are the image's proposals, best first; ``influence`` (K, H, W) optional
+    spatial influence maps of the same classes.
+    """
+    from igcam_cli.steps.cam import normalise  # cam imports this module
+
+    if not classes or len(boxes) == 0:
+        return cams
+    boxes = boxes[:config.candidates].to(cams.device)
+    probs = box_probabilities(model, image, boxes, config)[:, classes].T  # (K, N)
+    weights = probs * box_means(cams, boxes)
+    if influence is not None:
+        weights = weights * box_means(influence.to(cams.device), boxes)
+    height, width = cams.shape[1:]
+    evidence = []
+    for row in weights:
+        best = row.argsort(descending=True)[:config.top]
+        evidence.append(spread(boxes[best], row[best], height, width))
+    fused = (1 - config.box_weight) * cams + config.box_weight * normalise(torch.stack(evidence))
+    return normalise(fused)
