@@ -85,6 +85,23 @@ def train_cls_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(
         help="Continue from the last epoch checkpoint after an interruption.")] = False,
+    stage: Annotated[int, typer.Option(
+        help="1: train from ImageNet weights into RUN/train-cls. 2: fine-tune the stage-1 "
+             "classifier with the influence-weighted, multi-scale consistency and boundary "
+             "losses into RUN/train-cls-stage2 (--backbone is then taken from the checkpoint).")
+    ] = 1,
+    init: Annotated[Path | None, typer.Option(
+        help="Stage 2: starting checkpoint (default RUN/train-cls/classifier.pt).")] = None,
+    influence: Annotated[Path | None, typer.Option(
+        help="Stage 2: influence folder (e.g. RUN/influence) whose scores re-weight each "
+             "image's loss. Default: no re-weighting.")] = None,
+    influence_strength: Annotated[float, typer.Option(
+        help="Stage 2: weight = 2 sigmoid(-strength x standardised influence).")] = 1.0,
+    consistency_weight: Annotated[float, typer.Option(
+        help="Stage 2: weight of the multi-scale CAM consistency loss (0 turns it off).")
+    ] = 1.0,
+    boundary_weight: Annotated[float, typer.Option(
+        help="Stage 2: weight of the boundary-aware (edge-aware smoothness) loss.")] = 0.1,
     device: DeviceOpt = "auto", strict: StrictOpt = False,
 ) -> None:
     """Train the multi-label classifier that CAMs are read from."""
@@ -94,7 +111,9 @@ def train_cls_cmd(
         run=run, dataset=_spec(voc, split, images, labels, classes), backbone=backbone,
         weights=weights, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, loader_workers=loader_workers,
-        device=device, seed=seed, resume=resume, strict=strict))
+        device=device, seed=seed, resume=resume, strict=strict, stage=stage, init=init,
+        influence=influence, influence_strength=influence_strength,
+        consistency_weight=consistency_weight, boundary_weight=boundary_weight))
 
 
 @app.command("propose")

@@ -3,6 +3,17 @@
 IRN's recipe: frozen BatchNorm and stem, GAP, bias-free 1x1 classifier, multilabel soft-margin
 loss, SGD with a poly schedule and a 10x head learning rate, random resize/flip/crop. Small
 datasets get more epochs so that the classifier sees a comparable number of updates.
+
+``--stage 2`` (IG-CAM's second stage) starts from the stage-1 classifier and writes
+``RUN/train-cls-stage2/``. Its loss adds to the classification loss, each with its own weight:
+
+- influence re-weighting: each image's classification loss is scaled by
+  ``2 sigmoid(-strength * z)``, z its standardised influence on the held-out loss from
+  ``igcam influence`` (harmful images count less, helpful ones more, the mean stays near 1);
+- multi-scale consistency: the max-normalised CAMs of the batch and of its half-size copy must
+  agree (L1 over the labelled classes), which pulls the maps towards scale-stable evidence;
+- boundary awareness: CAM gradients are penalised where the image has no edge
+  (``|grad CAM| exp(-gamma |grad I|)``), so the maps stop at object boundaries.
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +49,12 @@ from igcam_cli.models import (
     CamNet,
     build_backbone,
     default_lr,
+    load_classifier,
     resolve_device,
     save_checkpoint_payload,
 )
 from igcam_cli.runner import console, progress_bar
-from igcam_cli.transforms import to_tensor, train_augment
+from igcam_cli.transforms import resize, to_tensor, train_augment
 
 CLASSIFIER_FILE = "classifier.pt"
 
@@ -65,6 +77,13 @@ class TrainConfig:
     resume: bool = False
     keep_checkpoints: int = 2
     strict: bool = False
+    stage: int = 1
+    init: Path | None = None  # stage 2: starting checkpoint (default RUN/train-cls/classifier.pt)
+    influence: Path | None = None  # stage 2: an influence folder holding scores.csv
+    influence_strength: float = 1.0
+    consistency_weight: float = 1.0
+    boundary_weight: float = 0.1
+    edge_gamma: float = 10.0
 
 
 def auto_epochs(num_images: int) -> int:
@@ -74,22 +93,22 @@ def auto_epochs(num_images: int) -> int:
 
 class _TrainImages(TorchDataset):
     def __init__(self, samples: list[Sample], num_classes: int, crop: int, seed: int,
-                 fill: tuple[float, float, float]) -> None:
+                 fill: tuple[float, float, float], weights: list[float]) -> None:
         self.samples, self.num_classes, self.crop, self.fill = samples, num_classes, crop, fill
-        self.seed = seed
+        self.seed, self.weights = seed, weights
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         sample = self.samples[index]
         # Seeded by (seed, epoch, index): a resumed run sees the same augmentations.
         rng = np.random.default_rng((self.seed, self.epoch, index))
         image = train_augment(to_tensor(read_image(sample.image)), self.crop, rng, self.fill)
         target = torch.zeros(self.num_classes)
         target[list(sample.labels or ())] = 1.0
-        return image, target
+        return image, target, self.weights[index]
 
 
 def _validate(samples: list[Sample], record: StepRecord, strict: bool) -> list[Sample]:
@@ -109,13 +128,55 @@ def _validate(samples: list[Sample], record: StepRecord, strict: bool) -> list[S
     return good
 
 
+def influence_weights(samples: list[Sample], scores: dict[str, float],
+                      strength: float) -> list[float]:
+    """``2 sigmoid(-strength * z)`` per sample, z the standardised influence (1 if unscored)."""
+    known = np.array([scores[s.id] for s in samples if s.id in scores])
+    if len(known) < 2:
+        raise IgcamError("--influence scores cover fewer than two training images; run "
+                         "`igcam influence` on the same dataset")
+    mean, std = known.mean(), known.std() + 1e-12
+    return [float(2 / (1 + np.exp(strength * (scores[s.id] - mean) / std)))
+            if s.id in scores else 1.0 for s in samples]
+
+
+def _normalised(cams: torch.Tensor) -> torch.Tensor:
+    return cams / cams.flatten(2).max(dim=2).values.clamp_min(1e-5)[..., None, None]
+
+
+def consistency_loss(model: CamNet, batch: torch.Tensor, cams: torch.Tensor,
+                     target: torch.Tensor) -> torch.Tensor:
+    """L1 between the normalised CAMs of the batch and of its half-size copy (labelled classes)."""
+    half = resize(batch, (batch.shape[-2] // 2, batch.shape[-1] // 2))
+    small = F.interpolate(model.cam(half), size=cams.shape[-2:], mode="bilinear",
+                          align_corners=False)
+    diff = (_normalised(cams) - _normalised(small)).abs().mean(dim=(2, 3))
+    return (diff * target).sum() / target.sum().clamp_min(1)
+
+
+def boundary_loss(batch: torch.Tensor, cams: torch.Tensor, target: torch.Tensor,
+                  gamma: float) -> torch.Tensor:
+    """Edge-aware smoothness: CAM gradients cost where the (downsized) image is flat."""
+    image = F.adaptive_avg_pool2d(batch.mean(dim=1, keepdim=True), cams.shape[-2:])
+    maps = _normalised(cams)
+    loss = 0
+    for dim in (2, 3):
+        grad_map = maps.diff(dim=dim).abs()
+        edge = torch.exp(-gamma * image.diff(dim=dim).abs())
+        loss = loss + ((grad_map * edge).mean(dim=(2, 3)) * target).sum()
+    return loss / target.sum().clamp_min(1)
+
+
 def _checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("epoch-*.pt"))
 
 
 def train_cls(config: TrainConfig) -> Path:
     """Train (or resume) the classifier; returns the path of the final checkpoint."""
-    out = ensure_dir(RunDir(config.run).step("train-cls"))
+    if config.stage not in (1, 2):
+        raise IgcamError(f"--stage must be 1 or 2, got {config.stage}")
+    stage1 = RunDir(config.run).step("train-cls")
+    out = ensure_dir(stage1 if config.stage == 1 else stage1.with_name("train-cls-stage2"))
     remove_stale_temps(out)
     final = out / CLASSIFIER_FILE
     if final.exists():
@@ -132,13 +193,28 @@ def train_cls(config: TrainConfig) -> Path:
     epochs = config.epochs or auto_epochs(len(samples))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes)
+    if config.stage == 1:
+        model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes)
+        weights = [1.0] * len(samples)
+    else:
+        init = config.init or stage1 / CLASSIFIER_FILE
+        model, payload = load_classifier(init, torch.device("cpu"))
+        if tuple(payload["class_names"]) != dataset.class_names:
+            raise IgcamError(f"{init} was trained on other classes than the dataset's")
+        config = replace(config, backbone=payload["backbone"])  # the checkpoint decides
+        weights = [1.0] * len(samples)
+        if config.influence is not None:
+            from igcam_cli.steps.influence import SCORES_FILE, read_scores  # imports this module
+
+            weights = influence_weights(samples, read_scores(config.influence / SCORES_FILE),
+                                        config.influence_strength)
+        record.extra["sample_weights"] = {"min": min(weights), "max": max(weights)}
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = config.lr if config.lr is not None else default_lr(config.backbone)
     optimizer = torch.optim.SGD(
         model.param_groups(lr, config.head_lr_mult, config.weight_decay), momentum=0.9)
     images = _TrainImages(samples, dataset.num_classes, config.crop, config.seed,
-                          fill=tuple(model.backbone.mean))
+                          fill=tuple(model.backbone.mean), weights=weights)
     batch_size = min(config.batch_size, len(samples))
     loader = DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True,
                         num_workers=config.loader_workers, pin_memory=device.type == "cuda",
@@ -171,11 +247,10 @@ def train_cls(config: TrainConfig) -> Path:
         for epoch in range(start_epoch, epochs):
             images.epoch = epoch
             started, losses, scores, targets = time.perf_counter(), [], [], []
-            for batch, target in loader:
+            for batch, target, weight in loader:
                 batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
                 target = target.to(device, non_blocking=True)
-                logits = model(batch)
-                loss = F.multilabel_soft_margin_loss(logits, target)
+                logits, loss = _stage_loss(model, batch, target, weight.to(device), config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -196,13 +271,32 @@ def train_cls(config: TrainConfig) -> Path:
     write_torch(final, payload)
     record.counts["images"] = len(samples)
     record.counts["epochs"] = epochs
-    record.extra = {"history": history, "checkpoint_sha256": sha256_file(final)}
+    record.extra.update(history=history, checkpoint_sha256=sha256_file(final))
     record.timings["per_epoch_s"] = round(float(np.mean([h["seconds"] for h in history])), 2)
     record.save(out)
     last = history[-1]
     console.print(f"train-cls: {epochs} epochs, final loss {last['loss']:.4f}, "
                   f"train mAP {last['train_map']:.3f} -> {final}")
     return final
+
+
+def _stage_loss(model: CamNet, batch: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the loss: classification, plus stage 2's weighted and CAM-shaping terms."""
+    if config.stage == 1:
+        logits = model(batch)
+        return logits, F.multilabel_soft_margin_loss(logits, target)
+    features = model.features(batch)
+    logits = model.classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+    per_sample = F.multilabel_soft_margin_loss(logits, target, reduction="none")
+    loss = (per_sample * weight.float()).mean()
+    cams = F.relu(F.conv2d(features, model.classifier.weight))
+    if config.consistency_weight:
+        loss = loss + config.consistency_weight * consistency_loss(model, batch, cams, target)
+    if config.boundary_weight:
+        loss = loss + config.boundary_weight * boundary_loss(batch, cams, target,
+                                                             config.edge_gamma)
+    return logits, loss
 
 
 def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
