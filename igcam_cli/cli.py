@@ -218,7 +218,7 @@ def cam_cmd(
         help="igcam: crop (classify each box's crop) or roi (RoI-align the feature map; "
              "faster, weaker).")] = "crop",
     box_candidates: Annotated[int, typer.Option(
-        min=1, help="igcam: best-ranked proposals scored per image.")] = 100,
+        min=1, help="igcam: best-ranked proposals scored per image.")] = 50,
     box_top: Annotated[int, typer.Option(
         min=1, help="igcam: boxes per class whose evidence is spread.")] = 20,
     box_weight: Annotated[float, typer.Option(
