@@ -316,3 +316,11 @@ def load_classifier(path: Path, device: torch.device) -> tuple[CamNet, dict]:
     model = CamNet(backbone, len(payload["class_names"]))
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), payload
+
+
+def check_classes(payload: dict, class_names: tuple[str, ...], path: Path) -> None:
+    """A checkpoint only makes sense for the class list it was trained on."""
+    trained = tuple(payload["class_names"])
+    if trained != class_names:
+        raise IgcamError(f"{path} was trained on classes {list(trained[:3])}… but the dataset "
+                         f"uses {list(class_names[:3])}…; pass the same --classes file")

@@ -35,7 +35,7 @@ from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import read_image
 from igcam_cli.methods.igcam import GuidanceConfig
-from igcam_cli.models import CamNet, load_classifier, resolve_device
+from igcam_cli.models import CamNet, check_classes, load_classifier, resolve_device
 from igcam_cli.runner import console, run_per_image
 from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
 from igcam_cli.transforms import resize, scaled_size, to_tensor
@@ -122,10 +122,7 @@ def cam(config: CamConfig) -> Path:
     remove_stale_temps(out)
     model = model.to(memory_format=torch.channels_last)
     dataset = load_dataset(config.dataset, strict=config.strict)
-    if tuple(payload["class_names"]) != dataset.class_names:
-        raise IgcamError(f"{checkpoint} was trained on classes {payload['class_names'][:3]}… "
-                         f"but the dataset uses {list(dataset.class_names[:3])}…; "
-                         "pass the same --classes file")
+    check_classes(payload, dataset.class_names, checkpoint)
     record = StepRecord("cam", _jsonable(asdict(config)))
     for problem in dataset.problems:
         record.warn(problem)

@@ -51,7 +51,7 @@ from igcam_cli.artifacts import (
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
-from igcam_cli.models import CamNet, load_classifier, resolve_device
+from igcam_cli.models import CamNet, check_classes, load_classifier, resolve_device
 from igcam_cli.runner import console, run_per_image, track
 from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
 from igcam_cli.transforms import resize, scaled_size, to_tensor
@@ -355,9 +355,7 @@ def influence(config: InfluenceConfig) -> Path:
     out = ensure_dir(influence_dir(config))
     remove_stale_temps(out)
     dataset = load_dataset(config.dataset, strict=config.strict)
-    if tuple(payload["class_names"]) != dataset.class_names:
-        raise IgcamError(f"{checkpoint} was trained on other classes than the dataset's; pass "
-                         "the same --classes file")
+    check_classes(payload, dataset.class_names, checkpoint)
     samples = dataset.labelled()
     if not samples:
         raise IgcamError("influence needs images with labels; none found in the dataset")

@@ -48,6 +48,7 @@ from igcam_cli.metrics import mean_average_precision
 from igcam_cli.models import (
     CamNet,
     build_backbone,
+    check_classes,
     default_lr,
     load_classifier,
     resolve_device,
@@ -199,8 +200,7 @@ def train_cls(config: TrainConfig) -> Path:
     else:
         init = config.init or stage1 / CLASSIFIER_FILE
         model, payload = load_classifier(init, torch.device("cpu"))
-        if tuple(payload["class_names"]) != dataset.class_names:
-            raise IgcamError(f"{init} was trained on other classes than the dataset's")
+        check_classes(payload, dataset.class_names, init)
         config = replace(config, backbone=payload["backbone"])  # the checkpoint decides
         weights = [1.0] * len(samples)
         if config.influence is not None:
