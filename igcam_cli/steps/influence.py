@@ -266,7 +266,7 @@ def _solve_network(model: CamNet, samples: list[Sample], held: list[bool],
                 logits = torch.func.functional_call(model, _unflatten(t, named), (image,))
                 return sample_loss(logits[0], target)
 
-            total += hessian.hvp(loss, theta, v)
+            total += hessian.hvp(loss, theta, v).detach()  # frozen weights still track grads
         return total / len(batch) + config.damping * v
 
     solve = _iterative(config, operator)
