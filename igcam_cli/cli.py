@@ -78,7 +78,7 @@ def train_cls_cmd(
                                       "a random long side in [0.625, 1.25] x crop.")] = 512,
     lr: Annotated[float | None, typer.Option(
         help="Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
-             "EfficientNet-Lite.")] = None,
+             "EfficientNet-Lite; a tenth of that in stage 2.")] = None,
     head_lr_mult: Annotated[float, typer.Option(help="Classifier lr multiplier.")] = 10.0,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
     loader_workers: Annotated[int, typer.Option(min=0, help="Data-loading processes.")] = 2,
