@@ -8,6 +8,7 @@ then the ``weights/`` folder checked against its manifest, then torchvision's do
 
 from __future__ import annotations
 
+import abc
 import importlib
 import json
 import os
@@ -75,7 +76,7 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, abc.ABC):
     """A feature extractor: image batch -> stride-16 feature map with ``out_channels`` channels."""
 
     out_channels: int
@@ -86,9 +87,9 @@ class Backbone(nn.Module):
         """Parameters kept fixed during training (the stem, as in IRN)."""
         return iter(())
 
+    @abc.abstractmethod
     def last_stage_parameters(self) -> Iterator[nn.Parameter]:
         """The last stage (ResNet's layer4): what ``influence --params layer4`` differentiates."""
-        raise NotImplementedError
 
 
 class EfficientNetLite(Backbone):
