@@ -133,17 +133,12 @@ def sample_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
 
 
-class _Images:
-    """Image tensors at a bounded size for the network-wide solvers, read on demand."""
-
-    def __init__(self, samples: list[Sample], size: int, device: torch.device) -> None:
-        self.samples, self.size, self.device = samples, size, device
-
-    def get(self, sample: Sample) -> torch.Tensor:
-        image = to_tensor(read_image(sample.image))
-        _, height, width = image.shape
-        scale = min(1.0, self.size / max(height, width))
-        return resize(image[None], scaled_size(height, width, scale)).to(self.device)
+def _small_image(sample: Sample, size: int, device: torch.device) -> torch.Tensor:
+    """(1, 3, h, w) image shrunk to a long side of at most ``size`` (layer4 / all solvers)."""
+    image = to_tensor(read_image(sample.image))
+    _, height, width = image.shape
+    scale = min(1.0, size / max(height, width))
+    return resize(image[None], scaled_size(height, width, scale)).to(device)
 
 
 @dataclass
@@ -188,9 +183,6 @@ def head_influence(features: torch.Tensor, targets: torch.Tensor, weight: torch.
     probs = torch.sigmoid(features @ weight.T)
     residual = probs - targets
     fit = ~held
-    if held.all() or not held.any():
-        raise IgcamError("influence needs images on both sides of --holdout; change the fraction "
-                         "or add images")
     g = (residual[held].T @ features[held]) / int(held.sum())  # (C, D) held-out gradient
     if config.solver == "exact":
         blocks = hessian.head_hessian_blocks(features[fit], probs[fit], config.damping)
@@ -235,31 +227,29 @@ def _solve_network(model: CamNet, samples: list[Sample], held: list[bool],
     named = selected_parameters(model, config.params)
     theta = _flat([p.detach() for _, p in named])
     num_classes = model.classifier.weight.shape[0]
-    images = _Images(samples, config.size, device)
+    def inputs(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        return (_small_image(sample, config.size, device),
+                _targets(sample, num_classes, device))
 
     def grad_of(sample: Sample) -> torch.Tensor:
-        image, target = images.get(sample), _targets(sample, num_classes, device)
+        image, target = inputs(sample)
         loss = sample_loss(model(image)[0], target)
         return _flat(list(torch.autograd.grad(loss, [p for _, p in named])))
 
     fit = [s for s, h in zip(samples, held, strict=True) if not h]
     held_samples = [s for s, h in zip(samples, held, strict=True) if h]
-    if not fit or not held_samples:
-        raise IgcamError("influence needs images on both sides of --holdout; change the fraction "
-                         "or add images")
     g = torch.stack([grad_of(s) for s in track(held_samples, len(held_samples),
                                                "influence: held-out gradient")]).mean(0)
     rng = np.random.default_rng(config.seed)
-    fixed = [fit[i] for i in rng.permutation(len(fit))[:config.hessian_images]]
+    # CG needs one fixed Hessian sample, decoded once; LiSSA draws a fresh one at every step.
+    fixed = [inputs(fit[i]) for i in rng.permutation(len(fit))[:config.hessian_images]]
 
     def operator(v: torch.Tensor) -> torch.Tensor:
-        # CG needs one fixed Hessian; LiSSA draws a fresh mini-batch at every step.
         batch = fixed if config.solver == "cg" else [
-            fit[i] for i in rng.choice(len(fit), min(config.hessian_images, len(fit)),
-                                       replace=False)]
+            inputs(fit[i]) for i in rng.choice(len(fit), min(config.hessian_images, len(fit)),
+                                               replace=False)]
         total = torch.zeros_like(v)
-        for sample in batch:
-            image, target = images.get(sample), _targets(sample, num_classes, device)
+        for image, target in batch:
 
             def loss(t: torch.Tensor, image: torch.Tensor = image,
                      target: torch.Tensor = target) -> torch.Tensor:
@@ -372,6 +362,9 @@ def influence(config: InfluenceConfig) -> Path:
         console.print(f"influence: reusing {solution_path}")
     else:
         held = [is_held_out(s.id, config.holdout) for s in samples]
+        if all(held) or not any(held):
+            raise IgcamError("influence needs images on both sides of --holdout; change the "
+                             "fraction or add images")
         solve = _solve_head if config.params == "head" else _solve_network
         solution = solve(model, samples, held, config, device)
         _write_scores(out / SCORES_FILE, solution)
