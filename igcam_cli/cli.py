@@ -207,7 +207,8 @@ def cam_cmd(
         help="Class probability above which an unlabelled image gets a CAM for a class.")] = 0.5,
     method: Annotated[str, typer.Option(
         help="cam: multi-scale CAM. igcam: CAM fused with the evidence of object proposals "
-             "(needs `igcam propose`). Methods other than cam write to RUN/cam-<method>.")
+             "(needs `igcam propose`). Join methods with '+' to chain them, each taking the "
+             "previous maps as its base. Methods other than cam write to RUN/cam-<method>.")
     ] = "cam",
     proposals: Annotated[Path | None, typer.Option(
         help="igcam: proposal folder (default RUN/propose).")] = None,

@@ -24,9 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.ops import roi_align
 
+from igcam_cli.artifacts import RunDir
+from igcam_cli.datasets import Sample
+from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.methods import MethodContext, PerImage
+from igcam_cli.methods.cam import normalise
 from igcam_cli.models import CamNet
 
 BOX_SCORES = ("crop", "roi")
@@ -90,8 +96,6 @@ def instance_guided(model: CamNet, image: torch.Tensor, cams: torch.Tensor, clas
     ``boxes`` (N, 4) are the image's proposals, best first; ``influence`` (K, H, W) optional
     spatial influence maps of the same classes.
     """
-    from igcam_cli.steps.cam import normalise  # cam imports this module
-
     if not classes or len(boxes) == 0:
         return cams
     boxes = boxes[:config.candidates].to(cams.device)
@@ -106,3 +110,38 @@ def instance_guided(model: CamNet, image: torch.Tensor, cams: torch.Tensor, clas
         evidence.append(spread(boxes[best], row[best], height, width))
     fused = (1 - config.box_weight) * cams + config.box_weight * normalise(torch.stack(evidence))
     return normalise(fused)
+
+
+def build(context: MethodContext) -> PerImage:
+    """The fusion for one image, reading its proposals (and influence maps) from disk."""
+    from igcam_cli.steps.influence import load_influence_map
+    from igcam_cli.steps.propose import load_proposals
+
+    config = context.config
+    if config.guidance.box_scores not in BOX_SCORES:
+        raise IgcamError(f"--box-scores must be one of {', '.join(BOX_SCORES)}")
+    if not 0 <= config.guidance.box_weight <= 1:
+        raise IgcamError("--box-weight must be between 0 and 1")
+    proposals = config.proposals or RunDir(config.run).step("propose")
+    if not proposals.is_dir():
+        raise IgcamError(f"--method igcam needs proposals: {proposals} not found "
+                         "(run `igcam propose` first or pass --proposals DIR)")
+    maps_dir = None if config.influence is None else config.influence / "maps"
+    if maps_dir is not None and not maps_dir.is_dir():
+        raise IgcamError(f"{maps_dir} not found (run `igcam influence` first)")
+
+    def guide(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+              classes: list[int]) -> torch.Tensor:
+        path = proposals / f"{sample.id}.npz"
+        if not path.is_file():
+            raise ImageProblem(f"{sample.image}: no proposals in {proposals}")
+        boxes = torch.from_numpy(load_proposals(path)["boxes"])
+        influence = None
+        if maps_dir is not None:
+            stored = load_influence_map(maps_dir / f"{sample.id}.npz")
+            rows = [stored["classes"].tolist().index(c) for c in classes]
+            influence = torch.from_numpy(stored["maps"][rows].astype(np.float32))
+        return instance_guided(context.model, image, cams, classes, boxes, config.guidance,
+                               influence)
+
+    return guide

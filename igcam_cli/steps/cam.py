@@ -6,15 +6,14 @@ classes the classifier predicts), each divided by its maximum. Saved as ``<id>.n
 ``classes`` (0-based class ids), ``cams`` (float16, K x H x W), ``scores`` (sigmoid of all
 classes) and ``image`` (the source path, so later steps need no dataset options).
 
-``--method igcam`` fuses these maps with the class evidence of the image's object proposals
-(``igcam propose``), optionally weighted by spatial influence (``igcam influence``); see
-:mod:`igcam_cli.methods.igcam`. Other methods write to ``RUN/cam-<method>`` so that one run
+``--method NAME`` passes these maps through a method of :mod:`igcam_cli.methods` (one module
+each; ``a+b`` chains them), e.g. ``igcam`` fuses them with the class evidence of the image's
+object proposals. Methods other than ``cam`` write to ``RUN/cam-<method>`` so that one run
 directory holds every method side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,16 +31,17 @@ from igcam_cli.artifacts import (
     write_npz,
 )
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
-from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
+from igcam_cli.methods import MethodContext, build_methods, parse_methods
+from igcam_cli.methods.cam import multiscale_cam, normalise
 from igcam_cli.methods.igcam import GuidanceConfig
-from igcam_cli.models import CamNet, check_classes, load_classifier, resolve_device
+from igcam_cli.models import check_classes, load_classifier, resolve_device
 from igcam_cli.runner import console, run_per_image
 from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
-from igcam_cli.transforms import resize, scaled_size, to_tensor
+from igcam_cli.transforms import to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
-METHODS = ("cam", "igcam")
 
 
 @dataclass
@@ -64,41 +64,6 @@ class CamConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 
-@torch.inference_mode()
-def multiscale_cam(model: CamNet, image: torch.Tensor, scales: tuple[float, ...],
-                   flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, H, W) summed CAMs at image resolution and (C,) class probabilities at scale 1.
-
-    ``image`` is (3, H, W) in [0, 1] on the model's device. Probabilities come from the
-    scale-1 (or first) pass so that unlabelled images get their classes for free.
-    """
-    _, height, width = image.shape
-    total = None
-    probs = None
-    for scale in scales:
-        batch = resize(image[None], scaled_size(height, width, scale))
-        if flip:
-            batch = torch.cat([batch, batch.flip(-1)])
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        features = model.features(batch)
-        if probs is None or scale == 1.0:
-            pooled = features.mean(dim=(2, 3), keepdim=True)
-            probs = torch.sigmoid(model.classifier(pooled).flatten(1)).mean(0)
-        cams = torch.relu(torch.nn.functional.conv2d(features, model.classifier.weight))
-        if flip:
-            cams = cams[:1] + cams[1:].flip(-1)
-        cams = resize(cams.float(), (height, width))[0]
-        total = cams if total is None else total + cams
-    assert total is not None and probs is not None
-    return total, probs
-
-
-def normalise(cams: torch.Tensor) -> torch.Tensor:
-    """Divide each class map by its maximum (1e-5 floor, as IRN)."""
-    peak = cams.flatten(1).max(dim=1).values.clamp_min(1e-5)
-    return cams / peak.view(-1, 1, 1)
-
-
 def cam_dir(config: CamConfig) -> Path:
     if config.out is not None:
         return config.out
@@ -111,18 +76,17 @@ def cam(config: CamConfig) -> Path:
     shard = Shard.parse(config.shard)
     if not config.scales or any(s <= 0 for s in config.scales):
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
-    if config.method not in METHODS:
-        raise IgcamError(f"--method must be one of {', '.join(METHODS)}, got {config.method!r}")
+    methods = parse_methods(config.method)
 
     checkpoint = config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
-    guide = _guidance(config, model) if config.method == "igcam" else None
-    out = ensure_dir(cam_dir(config))
-    remove_stale_temps(out)
     model = model.to(memory_format=torch.channels_last)
     dataset = load_dataset(config.dataset, strict=config.strict)
     check_classes(payload, dataset.class_names, checkpoint)
+    guide = build_methods(methods, MethodContext(model, device, config, dataset))
+    out = ensure_dir(cam_dir(config))
+    remove_stale_temps(out)
     record = StepRecord("cam", _jsonable(asdict(config)))
     for problem in dataset.problems:
         record.warn(problem)
@@ -155,41 +119,6 @@ def cam(config: CamConfig) -> Path:
                   f"{record.counts.get('skipped_done', 0)} already done, "
                   f"{record.counts.get('failed', 0)} failed -> {out}")
     return out
-
-
-def _guidance(config: CamConfig, model: CamNet
-              ) -> Callable[[Sample, torch.Tensor, torch.Tensor, list[int]], torch.Tensor]:
-    """The igcam fusion for one image, reading its proposals (and influence maps) from disk."""
-    from igcam_cli.methods.igcam import BOX_SCORES, instance_guided
-    from igcam_cli.steps.influence import load_influence_map
-    from igcam_cli.steps.propose import load_proposals
-
-    if config.guidance.box_scores not in BOX_SCORES:
-        raise IgcamError(f"--box-scores must be one of {', '.join(BOX_SCORES)}")
-    if not 0 <= config.guidance.box_weight <= 1:
-        raise IgcamError("--box-weight must be between 0 and 1")
-    proposals = config.proposals or RunDir(config.run).step("propose")
-    if not proposals.is_dir():
-        raise IgcamError(f"--method igcam needs proposals: {proposals} not found "
-                         "(run `igcam propose` first or pass --proposals DIR)")
-    maps_dir = None if config.influence is None else config.influence / "maps"
-    if maps_dir is not None and not maps_dir.is_dir():
-        raise IgcamError(f"{maps_dir} not found (run `igcam influence` first)")
-
-    def guide(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-              classes: list[int]) -> torch.Tensor:
-        path = proposals / f"{sample.id}.npz"
-        if not path.is_file():
-            raise ImageProblem(f"{sample.image}: no proposals in {proposals}")
-        boxes = torch.from_numpy(load_proposals(path)["boxes"])
-        influence = None
-        if maps_dir is not None:
-            stored = load_influence_map(maps_dir / f"{sample.id}.npz")
-            rows = [stored["classes"].tolist().index(c) for c in classes]
-            influence = torch.from_numpy(stored["maps"][rows].astype(np.float32))
-        return instance_guided(model, image, cams, classes, boxes, config.guidance, influence)
-
-    return guide
 
 
 def load_cam(path: Path) -> dict[str, np.ndarray]:
