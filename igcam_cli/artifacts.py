@@ -29,7 +29,7 @@ from igcam_cli.errors import IgcamError
 TMP_PREFIX = ".igcam-tmp-"
 
 # The step folders of a run directory, named after the CLI subcommands that write them.
-STEP_DIRS = ("train-cls", "propose", "influence", "cam", "refine", "eval", "vis")
+STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "refine", "eval", "vis")
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,11 @@ def _spec(voc: Path | None, split: str, images: Path | None, labels: Path | None
     return DatasetSpec(voc=voc, split=split, images=images, labels=labels, classes=classes)
 
 
-def _scales(text: str) -> tuple[float, ...]:
+def _scales(text: str, option: str = "--scales") -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise IgcamError(f"--scales must be comma-separated numbers, got {text!r}") from None
+        raise IgcamError(f"{option} must be comma-separated numbers, got {text!r}") from None
 
 
 @app.command("train-cls")
@@ -78,42 +78,77 @@ def train_cls_cmd(
                                       "a random long side in [0.625, 1.25] x crop.")] = 512,
     lr: Annotated[float | None, typer.Option(
         help="Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
-             "EfficientNet-Lite; a tenth of that in stage 2.")] = None,
+             "EfficientNet-Lite; a tenth of that in stages 2 and self-sup.")] = None,
     head_lr_mult: Annotated[float, typer.Option(help="Classifier lr multiplier.")] = 10.0,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
     loader_workers: Annotated[int, typer.Option(min=0, help="Data-loading processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(
         help="Continue from the last epoch checkpoint after an interruption.")] = False,
-    stage: Annotated[int, typer.Option(
+    stage: Annotated[str, typer.Option(
         help="1: train from ImageNet weights into RUN/train-cls. 2: fine-tune the stage-1 "
              "classifier with the influence-weighted, multi-scale consistency and boundary "
-             "losses into RUN/train-cls-stage2 (--backbone is then taken from the checkpoint).")
-    ] = 1,
+             "losses into RUN/train-cls-stage2. self-sup: fine-tune it (MainNet) against a "
+             "frozen copy (SupportNet) with the regional contrastive and multi-scale attentive "
+             "losses into RUN/train-cls-selfsup. Stages 2 and self-sup take --backbone from the "
+             "checkpoint.")] = "1",
     init: Annotated[Path | None, typer.Option(
-        help="Stage 2: starting checkpoint (default RUN/train-cls/classifier.pt).")] = None,
+        help="Stages 2 and self-sup: starting checkpoint (default RUN/train-cls/classifier.pt)."
+    )] = None,
     influence: Annotated[Path | None, typer.Option(
-        help="Stage 2: influence folder (e.g. RUN/influence) whose scores re-weight each "
-             "image's loss. Default: no re-weighting.")] = None,
+        help="Stages 2 and self-sup: influence folder (e.g. RUN/influence) whose scores "
+             "re-weight each image's loss. Default: no re-weighting.")] = None,
     influence_strength: Annotated[float, typer.Option(
-        help="Stage 2: weight = 2 sigmoid(-strength x standardised influence).")] = 1.0,
+        help="Stages 2 and self-sup: weight = 2 sigmoid(-strength x standardised influence).")
+    ] = 1.0,
     consistency_weight: Annotated[float, typer.Option(
         help="Stage 2: weight of the multi-scale CAM consistency loss (0 turns it off).")
     ] = 1.0,
     boundary_weight: Annotated[float, typer.Option(
         help="Stage 2: weight of the boundary-aware (edge-aware smoothness) loss.")] = 0.1,
+    rcm_weight: Annotated[float, typer.Option(
+        help="Self-sup: weight of the regional contrastive loss (0 turns it off).")] = 0.1,
+    mam_weight: Annotated[float, typer.Option(
+        help="Self-sup: weight of the multi-scale attentive loss (0 turns it off).")] = 1.0,
+    mam_scales: Annotated[str, typer.Option(
+        help="Self-sup: comma-separated scales of the SupportNet CAMs fused into the target "
+             "the MainNet's CAMs must match.")] = "0.5,1.0,1.5",
+    rcm_threshold: Annotated[float, typer.Option(
+        help="Self-sup: SupportNet CAM above which a pixel is in its class's region.")] = 0.5,
+    rcm_bg_threshold: Annotated[float, typer.Option(
+        help="Self-sup: best labelled SupportNet CAM below which a pixel is background.")
+    ] = 0.1,
+    rcm_temperature: Annotated[float, typer.Option(
+        help="Self-sup: temperature of the contrastive (InfoNCE) softmax; lower is sharper.")
+    ] = 0.1,
+    rcm_pixels: Annotated[int, typer.Option(
+        min=1, help="Self-sup: pixels drawn per region and batch as contrastive anchors.")
+    ] = 128,
+    fpn: Annotated[bool, typer.Option(
+        help="Stage 1: add a feature pyramid (FPN) neck over the backbone's stride 4, 8, 16 and "
+             "last stages, trained with a loss on every level, so that `igcam cam` can fuse the "
+             "levels' CAMs (later stages take it from the checkpoint).")] = False,
+    fpn_channels: Annotated[int, typer.Option(
+        min=16, help="Channels of every FPN level; the neck's cost grows with their square "
+                     "(128 adds about one EfficientNet-Lite0 pass).")] = 128,
     device: DeviceOpt = "auto", strict: StrictOpt = False,
 ) -> None:
     """Train the multi-label classifier that CAMs are read from."""
-    from igcam_cli.steps.train_cls import TrainConfig, train_cls
+    from igcam_cli.steps.train_cls import SelfSupConfig, TrainConfig, train_cls
 
     train_cls(TrainConfig(
         run=run, dataset=_spec(voc, split, images, labels, classes), backbone=backbone,
         weights=weights, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, loader_workers=loader_workers,
-        device=device, seed=seed, resume=resume, strict=strict, stage=stage, init=init,
+        device=device, seed=seed, resume=resume, strict=strict,
+        stage=int(stage) if stage.isdigit() else stage, init=init,
         influence=influence, influence_strength=influence_strength,
-        consistency_weight=consistency_weight, boundary_weight=boundary_weight))
+        consistency_weight=consistency_weight, boundary_weight=boundary_weight,
+        fpn=fpn, fpn_channels=fpn_channels,
+        selfsup=SelfSupConfig(rcm_weight=rcm_weight, mam_weight=mam_weight,
+                              scales=_scales(mam_scales, "--mam-scales"), threshold=rcm_threshold,
+                              bg_threshold=rcm_bg_threshold, temperature=rcm_temperature,
+                              pixels=rcm_pixels)))
 
 
 @app.command("propose")
@@ -207,14 +242,23 @@ def cam_cmd(
         help="Class probability above which an unlabelled image gets a CAM for a class.")] = 0.5,
     method: Annotated[str, typer.Option(
         help="cam: multi-scale CAM. igcam: CAM fused with the evidence of object proposals "
-             "(needs `igcam propose`). Join methods with '+' to chain them, each taking the "
+             "(needs `igcam propose`). lpcam: similarity to class prototypes clustered from the "
+             "training images' local features (built once into RUN/prototypes). "
+             "ccam: class-conditional inference, re-running the CAM "
+             "with the regions found so far hidden and on crops (up to K x rounds + 4 times "
+             "slower). cpmc: the CAM and a prototype map built from it calibrate each other "
+             "where they disagree, completing objects and removing background. "
+             "With a classifier trained with --fpn, every method starts from the fused CAMs "
+             "of its pyramid levels (--fpn-levels). "
+             "Join methods with '+' to chain them, each taking the "
              "previous maps as its base. Methods other than cam write to RUN/cam-<method>.")
     ] = "cam",
     proposals: Annotated[Path | None, typer.Option(
         help="igcam: proposal folder (default RUN/propose).")] = None,
     influence: Annotated[Path | None, typer.Option(
         help="igcam: an influence folder (e.g. RUN/influence) whose spatial maps also weight "
-             "the boxes. Default: not used.")] = None,
+             "the boxes; --fpn-attention influence: the maps that weight the levels. Default: "
+             "not used.")] = None,
     box_scores: Annotated[str, typer.Option(
         help="igcam: crop (classify each box's crop) or roi (RoI-align the feature map; "
              "faster, weaker).")] = "crop",
@@ -226,11 +270,84 @@ def cam_cmd(
         help="igcam: share of the box evidence in the fused map, 0..1.")] = 0.5,
     crop_size: Annotated[int, typer.Option(
         min=32, help="igcam: side of the box crops in crop mode.")] = 192,
+    lpcam_prototypes: Annotated[Path | None, typer.Option(
+        help="lpcam: prototype folder, read if it holds prototypes of this checkpoint and "
+             "these options, else built there from the labelled images (default "
+             "RUN/prototypes).")] = None,
+    lpcam_k: Annotated[int, typer.Option(
+        min=1, help="lpcam: k-means centres per class, for its foreground and for its "
+                    "background.")] = 12,
+    lpcam_samples: Annotated[int, typer.Option(
+        min=1, help="lpcam: features kept per class and per foreground/background (a uniform "
+                    "random sample), which bounds the memory of building prototypes.")] = 10000,
+    lpcam_iters: Annotated[int, typer.Option(
+        min=1, help="lpcam: most k-means rounds.")] = 50,
+    lpcam_seed: Annotated[int, typer.Option(
+        help="lpcam: seed of the feature sampling and the k-means initialisation.")] = 0,
+    ccam_rounds: Annotated[int, typer.Option(
+        min=0, help="ccam: most hide-and-re-run passes per class; each costs one more "
+                    "multi-scale CAM (0: crops only).")] = 5,
+    ccam_fill_threshold: Annotated[float, typer.Option(
+        help="ccam: pixels whose map is above this are filled with the image's mean colour "
+             "before the next pass.")] = 0.7,
+    ccam_min_gain: Annotated[float, typer.Option(
+        help="ccam: stop a class early when a pass adds less than this share of the image to "
+             "its found area.")] = 0.02,
+    ccam_min_score: Annotated[float, typer.Option(
+        help="ccam: stop a class early when the classifier's probability for it on the hidden "
+             "image falls below this (nothing of the class is left to reveal).")] = 0.5,
+    ccam_crops: Annotated[bool, typer.Option(
+        help="ccam: also fuse the CAMs of four corner crops meeting at the classes' centres "
+             "of mass (4 more multi-scale CAMs per image).")] = True,
+    ccam_crop_margin: Annotated[float, typer.Option(
+        help="ccam: how far each crop reaches past the centres of mass, as a share of the "
+             "image side (0..0.5).")] = 0.1,
+    ccam_crop_size: Annotated[int | None, typer.Option(
+        min=32, help="ccam: long side the crops are zoomed to before their CAM. Default: the "
+                     "image's long side.")] = None,
+    cpmc_beta: Annotated[float, typer.Option(
+        help="cpmc: power of the feature affinity (cosine similarity); higher keeps the CAM "
+             "from spreading beyond positions that look alike.")] = 8.0,
+    cpmc_iterations: Annotated[int, typer.Option(
+        min=0, help="cpmc: affinity propagation steps that refine the CAM before its "
+                    "prototype is taken (0: none).")] = 2,
+    cpmc_threshold: Annotated[float, typer.Option(
+        help="cpmc: a map above this is confident: the refined CAM there gives the class "
+             "prototype, and it marks the 'high' side of a disagreement.")] = 0.5,
+    cpmc_margin: Annotated[float, typer.Option(
+        help="cpmc: how far one map must exceed the other to count as a disagreement: "
+             "prototype map above the CAM is a missed object part (added), CAM above the "
+             "prototype map is background (subtracted).")] = 0.3,
+    cpmc_prototype_weight: Annotated[float, typer.Option(
+        help="cpmc: share of the prototype map, against the refined CAM, in the calibrated "
+             "map, 0..1.")] = 0.5,
+    cpmc_complete: Annotated[float, typer.Option(
+        min=0, help="cpmc: weight of the similarity to the object parts the CAM missed, "
+                    "added to complete the object.")] = 1.0,
+    cpmc_suppress: Annotated[float, typer.Option(
+        min=0, help="cpmc: weight of the similarity to where the CAM fires unlike its "
+                    "prototype, subtracted to remove background.")] = 0.25,
+    fpn_levels: Annotated[str, typer.Option(
+        help="FPN classifiers: comma list of the pyramid levels whose CAMs are fused: s4, s8, "
+             "s16 (the backbone's stride 4, 8 and 16 stages) and last (its dilated last "
+             "stage, stride 16).")] = "s4,s8,s16,last",
+    fpn_attention: Annotated[str, typer.Option(
+        help="FPN classifiers: none (every level's normalised CAM weighs the same) or "
+             "influence (per image and class, a softmax over the levels of how well each "
+             "level's CAM correlates with the spatial influence map of --influence).")
+    ] = "none",
+    fpn_temperature: Annotated[float, typer.Option(
+        help="FPN classifiers, --fpn-attention influence: softmax temperature over the "
+             "levels' correlations; lower gives the best-agreeing level more weight.")] = 0.1,
     device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, shard: ShardOpt = None,
     strict: StrictOpt = False,
 ) -> None:
     """Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 maps)."""
+    from igcam_cli.methods.cam import LevelFusionConfig
+    from igcam_cli.methods.ccam import CcamConfig
+    from igcam_cli.methods.cpmc import CpmcConfig
     from igcam_cli.methods.igcam import GuidanceConfig
+    from igcam_cli.methods.lpcam import LpcamConfig
     from igcam_cli.steps.cam import CamConfig, cam
 
     cam(CamConfig(run=run, dataset=_spec(voc, split, images, labels, classes),
@@ -240,7 +357,20 @@ def cam_cmd(
                   proposals=proposals, influence=influence,
                   guidance=GuidanceConfig(box_scores=box_scores, candidates=box_candidates,
                                           top=box_top, box_weight=box_weight,
-                                          crop_size=crop_size)))
+                                          crop_size=crop_size),
+                  lpcam=LpcamConfig(prototypes=lpcam_prototypes, k=lpcam_k,
+                                    samples=lpcam_samples, iters=lpcam_iters, seed=lpcam_seed),
+                  ccam=CcamConfig(rounds=ccam_rounds, fill_threshold=ccam_fill_threshold,
+                                  min_gain=ccam_min_gain, min_score=ccam_min_score,
+                                  crops=ccam_crops,
+                                  crop_margin=ccam_crop_margin, crop_size=ccam_crop_size),
+                  cpmc=CpmcConfig(beta=cpmc_beta, iterations=cpmc_iterations,
+                                  threshold=cpmc_threshold, margin=cpmc_margin,
+                                  prototype_weight=cpmc_prototype_weight,
+                                  complete=cpmc_complete, suppress=cpmc_suppress),
+                  fpn=LevelFusionConfig(
+                      levels=tuple(v.strip() for v in fpn_levels.split(",") if v.strip()),
+                      attention=fpn_attention, temperature=fpn_temperature)))
 
 
 @app.command("refine")

@@ -29,6 +29,9 @@ PerImage = Callable[[Sample, torch.Tensor, torch.Tensor, list[int]], torch.Tenso
 
 METHODS: dict[str, str] = {  # --method name -> module with build()
     "igcam": "igcam_cli.methods.igcam",
+    "lpcam": "igcam_cli.methods.lpcam",
+    "ccam": "igcam_cli.methods.ccam",
+    "cpmc": "igcam_cli.methods.cpmc",
 }
 
 

@@ -34,8 +34,11 @@ from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.methods import MethodContext, build_methods, parse_methods
-from igcam_cli.methods.cam import multiscale_cam, normalise
+from igcam_cli.methods.cam import LevelFusionConfig, build_cam, normalise
+from igcam_cli.methods.ccam import CcamConfig
+from igcam_cli.methods.cpmc import CpmcConfig
 from igcam_cli.methods.igcam import GuidanceConfig
+from igcam_cli.methods.lpcam import LpcamConfig
 from igcam_cli.models import check_classes, load_classifier, resolve_device
 from igcam_cli.runner import console, run_per_image
 from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
@@ -62,6 +65,14 @@ class CamConfig:
     proposals: Path | None = None  # igcam: default RUN/propose
     influence: Path | None = None  # igcam: influence folder whose maps weight the boxes
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    lpcam: LpcamConfig = field(default_factory=LpcamConfig)  # lpcam: prototypes and k-means
+    ccam: CcamConfig = field(default_factory=CcamConfig)  # ccam: hiding rounds and crops
+    cpmc: CpmcConfig = field(default_factory=CpmcConfig)  # cpmc: affinity and calibration
+    fpn: LevelFusionConfig = field(default_factory=LevelFusionConfig)  # FPN classifiers' levels
+
+
+def checkpoint_path(config: CamConfig) -> Path:
+    return config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
 
 
 def cam_dir(config: CamConfig) -> Path:
@@ -78,12 +89,13 @@ def cam(config: CamConfig) -> Path:
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
     methods = parse_methods(config.method)
 
-    checkpoint = config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
+    checkpoint = checkpoint_path(config)
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
     dataset = load_dataset(config.dataset, strict=config.strict)
     check_classes(payload, dataset.class_names, checkpoint)
+    compute = build_cam(model, config)
     guide = build_methods(methods, MethodContext(model, device, config, dataset))
     out = ensure_dir(cam_dir(config))
     remove_stale_temps(out)
@@ -98,7 +110,7 @@ def cam(config: CamConfig) -> Path:
 
     def one(sample: Sample) -> None:
         image = to_tensor(read_image(sample.image)).to(device)
-        cams, probs = multiscale_cam(model, image, config.scales, config.flip)
+        cams, probs = compute(sample, image)
         if config.use_labels and sample.labels is not None:
             classes = list(sample.labels)
         else:

@@ -14,14 +14,24 @@ datasets get more epochs so that the classifier sees a comparable number of upda
   agree (L1 over the labelled classes), which pulls the maps towards scale-stable evidence;
 - boundary awareness: CAM gradients are penalised where the image has no edge
   (``|grad CAM| exp(-gamma |grad I|)``), so the maps stop at object boundaries.
+
+``--stage self-sup`` ("Exploring Pixel-level Self-supervision for WSSS", Yoon et al.) also starts
+from a classifier and writes ``RUN/train-cls-selfsup/``. A frozen copy of the starting classifier
+(the SupportNet) guides the trained one (the MainNet); the loss adds to the classification loss:
+
+- MAM, the multi-scale attentive loss: the MainNet's scale-1 CAMs must match the SupportNet's
+  CAMs fused over several scales, weighted by how confident the SupportNet is at each pixel;
+- RCM, the regional contrastive loss: MainNet pixel features inside a class's SupportNet CAM region
+  (or in the background) are pulled towards that region's mean feature, away from the others'.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +65,32 @@ from igcam_cli.models import (
     save_checkpoint_payload,
 )
 from igcam_cli.runner import console, progress_bar
-from igcam_cli.transforms import resize, to_tensor, train_augment
+from igcam_cli.transforms import resize, scaled_size, to_tensor, train_augment
 
 CLASSIFIER_FILE = "classifier.pt"
+STAGE_STEPS = {1: "train-cls", 2: "train-cls-stage2", "self-sup": "train-cls-selfsup"}
+
+
+@dataclass(frozen=True)
+class SelfSupConfig:
+    """``--stage self-sup``: weights of RCM and MAM and what the SupportNet's CAMs mark."""
+
+    rcm_weight: float = 0.1  # InfoNCE starts near log(classes + 1), above the other terms
+    mam_weight: float = 1.0
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5)  # SupportNet scales fused into the MAM target
+    threshold: float = 0.5  # fused SupportNet CAM above which a pixel belongs to a class region
+    bg_threshold: float = 0.1  # best labelled CAM below which a pixel is background
+    temperature: float = 0.1  # InfoNCE temperature over cosine similarities
+    pixels: int = 128  # pixels sampled per region and batch: bounds the logits' memory
+
+    def __post_init__(self) -> None:
+        if not self.scales or min(self.scales) <= 0:
+            raise IgcamError(f"--mam-scales must be positive numbers, got {self.scales}")
+        if not 0 <= self.bg_threshold < self.threshold <= 1:
+            raise IgcamError("need 0 <= --rcm-bg-threshold < --rcm-threshold <= 1, got "
+                             f"{self.bg_threshold} and {self.threshold}")
+        if self.temperature <= 0 or self.pixels < 1:
+            raise IgcamError("--rcm-temperature must be > 0 and --rcm-pixels >= 1")
 
 
 @dataclass
@@ -78,13 +111,16 @@ class TrainConfig:
     resume: bool = False
     keep_checkpoints: int = 2
     strict: bool = False
-    stage: int = 1
-    init: Path | None = None  # stage 2: starting checkpoint (default RUN/train-cls/classifier.pt)
-    influence: Path | None = None  # stage 2: an influence folder holding scores.csv
+    stage: int | str = 1  # a key of STAGE_STEPS
+    init: Path | None = None  # stage 2/self-sup: start (default RUN/train-cls/classifier.pt)
+    influence: Path | None = None  # stage 2/self-sup: an influence folder holding scores.csv
     influence_strength: float = 1.0
     consistency_weight: float = 1.0
     boundary_weight: float = 0.1
     edge_gamma: float = 10.0
+    fpn: bool = False  # stage 1: FPN neck over the backbone's stages (models.CamNet)
+    fpn_channels: int = 128  # channels of every pyramid level; the cost grows with its square
+    selfsup: SelfSupConfig = field(default_factory=SelfSupConfig)
 
 
 def auto_epochs(num_images: int) -> int:
@@ -168,16 +204,90 @@ def boundary_loss(batch: torch.Tensor, cams: torch.Tensor, target: torch.Tensor,
     return loss / target.sum().clamp_min(1)
 
 
+def frozen_copy(model: CamNet) -> CamNet:
+    """The SupportNet: the starting classifier, kept as it is while its copy trains."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def support_cams(support: CamNet, batch: torch.Tensor, scales: tuple[float, ...],
+                 size: tuple[int, int]) -> torch.Tensor:
+    """The SupportNet's CAMs at each scale, resized to ``size``, summed and max-normalised.
+
+    Small scales see whole objects, large ones their details: the fused map is the more complete
+    and better-placed target that MAM and RCM learn from.
+    """
+    height, width = batch.shape[-2:]
+    fused = sum(F.interpolate(support.cam(resize(batch, scaled_size(height, width, scale))),
+                              size=size, mode="bilinear", align_corners=False)
+                for scale in scales)
+    return _normalised(fused)
+
+
+def mam_loss(cams: torch.Tensor, guide: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-scale attentive loss: attention-weighted L1 between the normalised CAMs and ``guide``.
+
+    The attention ``|2 guide - 1|`` trusts the SupportNet where it is sure (clearly object or
+    clearly not) and ignores its half-way pixels, where the fused, upsampled maps are blurred.
+    L1 rather than MSE: its pull stays the same when the maps are already close (MSE's fades)
+    and it is not dominated by the few pixels where the SupportNet is plainly wrong.
+    """
+    attention = (2 * guide - 1).abs()
+    diff = (attention * (_normalised(cams) - guide).abs()).sum(dim=(2, 3))
+    diff = diff / attention.sum(dim=(2, 3)).clamp_min(1e-5)
+    return (diff * target).sum() / target.sum().clamp_min(1)
+
+
+def rcm_loss(features: torch.Tensor, guide: torch.Tensor, options: SelfSupConfig) -> torch.Tensor:
+    """Regional contrastive loss (InfoNCE) of the pixel features against the batch's prototypes.
+
+    ``guide`` (B, C, h, w) holds the SupportNet's normalised CAMs, zero for unlabelled classes.
+    A pixel whose best class is above ``threshold`` belongs to that class's region, one below
+    ``bg_threshold`` to the background; the rest is left out. Each region's prototype is the mean
+    of its L2-normalised features over the batch, detached so that it acts as the target the
+    region's pixels move to (parameter-free: the checkpoint stays an ordinary classifier). Up
+    to ``pixels`` pixels per region are drawn at random as anchors.
+    """
+    feats = F.normalize(features, dim=1).permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    score, label = guide.max(dim=1)
+    background = guide.shape[1]
+    label = torch.where(score < options.bg_threshold, background, label).flatten()
+    keep = ((score < options.bg_threshold) | (score > options.threshold)).flatten()
+    feats, label = feats[keep], label[keep]
+    onehot = F.one_hot(label, background + 1).to(feats.dtype)
+    present = onehot.sum(dim=0) > 0
+    if present.sum() < 2:  # a single region has nothing to be contrasted with
+        return features.sum() * 0
+    prototypes = F.normalize((onehot.T @ feats.detach())[present], dim=1)
+    # Random keys in [0, 1) added to the labels group the pixels by region in random order;
+    # a pixel's rank inside its group decides whether it is sampled.
+    order = torch.argsort(label + torch.rand(len(label), device=label.device))
+    grouped = label[order]
+    rank = torch.arange(len(grouped), device=label.device) - torch.searchsorted(grouped, grouped)
+    anchors = order[rank < options.pixels]
+    logits = feats[anchors] @ prototypes.T / options.temperature
+    return F.cross_entropy(logits, (present.cumsum(0) - 1)[label[anchors]])
+
+
+def selfsup_loss(support: CamNet, batch: torch.Tensor, features: torch.Tensor,
+                 cams: torch.Tensor, target: torch.Tensor, options: SelfSupConfig
+                 ) -> torch.Tensor:
+    """The self-sup stage's addition to the classification loss: weighted MAM + RCM."""
+    guide = support_cams(support, batch, options.scales, cams.shape[-2:]) * target[..., None, None]
+    return (options.mam_weight * mam_loss(cams, guide, target)
+            + options.rcm_weight * rcm_loss(features, guide, options))
+
+
 def _checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("epoch-*.pt"))
 
 
 def train_cls(config: TrainConfig) -> Path:
     """Train (or resume) the classifier; returns the path of the final checkpoint."""
-    if config.stage not in (1, 2):
-        raise IgcamError(f"--stage must be 1 or 2, got {config.stage}")
+    if config.stage not in STAGE_STEPS:
+        raise IgcamError(f"--stage must be 1, 2 or self-sup, got {config.stage}")
     stage1 = RunDir(config.run).step("train-cls")
-    out = ensure_dir(stage1 if config.stage == 1 else stage1.with_name("train-cls-stage2"))
+    out = ensure_dir(stage1.with_name(STAGE_STEPS[config.stage]))
     remove_stale_temps(out)
     final = out / CLASSIFIER_FILE
     if final.exists():
@@ -195,7 +305,8 @@ def train_cls(config: TrainConfig) -> Path:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     if config.stage == 1:
-        model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes)
+        model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes,
+                       config.fpn_channels if config.fpn else None)
         weights = [1.0] * len(samples)
     else:
         init = config.init or stage1 / CLASSIFIER_FILE
@@ -210,8 +321,10 @@ def train_cls(config: TrainConfig) -> Path:
                                         config.influence_strength)
         record.extra["sample_weights"] = {"min": min(weights), "max": max(weights)}
     model = model.to(device).to(memory_format=torch.channels_last)
-    # Stage 2 fine-tunes a converged classifier: at the stage-1 rate its first epoch undoes it
-    # (coco128: train mAP 0.99 -> 0.78, seed 23.4 -> 23.2), at a tenth it gains (seed 25.7).
+    support = frozen_copy(model) if config.stage == "self-sup" else None  # before any resume
+    # Stages 2 and self-sup fine-tune a converged classifier: at the stage-1 rate the first epoch
+    # undoes it (stage 2 on coco128: train mAP 0.99 -> 0.78, seed 23.4 -> 23.2), at a tenth it
+    # gains (seed 25.7).
     lr = config.lr if config.lr is not None else default_lr(config.backbone) * (
         1.0 if config.stage == 1 else 0.1)
     optimizer = torch.optim.SGD(
@@ -253,7 +366,8 @@ def train_cls(config: TrainConfig) -> Path:
             for batch, target, weight in loader:
                 batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
                 target = target.to(device, non_blocking=True)
-                logits, loss = _stage_loss(model, batch, target, weight.to(device), config)
+                logits, loss = _stage_loss(model, batch, target, weight.to(device), config,
+                                           support)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -284,8 +398,11 @@ def train_cls(config: TrainConfig) -> Path:
 
 
 def _stage_loss(model: CamNet, batch: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and the loss: classification, plus stage 2's weighted and CAM-shaping terms."""
+                config: TrainConfig, support: CamNet | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the loss: classification, weighted in the later stages, plus their CAM terms."""
+    if config.stage == 1 and model.neck is not None:
+        return pyramid_loss(model, batch, target)
     if config.stage == 1:
         logits = model(batch)
         return logits, F.multilabel_soft_margin_loss(logits, target)
@@ -294,12 +411,28 @@ def _stage_loss(model: CamNet, batch: torch.Tensor, target: torch.Tensor, weight
     per_sample = F.multilabel_soft_margin_loss(logits, target, reduction="none")
     loss = (per_sample * weight.float()).mean()
     cams = F.relu(F.conv2d(features, model.classifier.weight))
+    if support is not None:
+        return logits, loss + selfsup_loss(support, batch, features, cams, target,
+                                           config.selfsup)
     if config.consistency_weight:
         loss = loss + config.consistency_weight * consistency_loss(model, batch, cams, target)
     if config.boundary_weight:
         loss = loss + config.boundary_weight * boundary_loss(batch, cams, target,
                                                              config.edge_gamma)
     return logits, loss
+
+
+def pyramid_loss(model: CamNet, batch: torch.Tensor,
+                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused logits and their loss plus the mean loss of each FPN level's own logits.
+
+    Deep supervision: the fused features alone can lean on one level, but ``igcam cam`` fuses
+    the CAMs of every level, so each level must be discriminative by itself with the shared
+    classifier. The level terms are averaged, so they weigh as much as the fused one.
+    """
+    logits, levels = model.pyramid_logits(batch)
+    deep = torch.stack([F.multilabel_soft_margin_loss(level, target) for level in levels])
+    return logits, F.multilabel_soft_margin_loss(logits, target) + deep.mean()
 
 
 def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
