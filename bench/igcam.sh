@@ -25,4 +25,14 @@ variant igcam-influence --method igcam --influence "$RUN/influence"
   --batch-size 8 --device "$DEVICE"
 variant stage2 --checkpoint "$RUN/train-cls-stage2/classifier.pt"
 variant stage2-igcam --method igcam --checkpoint "$RUN/train-cls-stage2/classifier.pt"
+# FPN: its own classifier (same recipe as bench/coco128.sh's stage 1, plus --fpn) in $RUN/fpn
+FPN=$RUN/fpn
+[ -f "$FPN/train-cls/classifier.pt" ] || step train-fpn igcam train-cls --run "$FPN" --voc "$DATA" \
+  --fpn --epochs "${EPOCHS:-20}" --crop 448 --batch-size 8 --device "$DEVICE"
+[ -f "$FPN/influence/scores.csv" ] || step influence-fpn igcam influence --run "$FPN" \
+  --voc "$DATA" --device "$DEVICE"
+variant fpn --checkpoint "$FPN/train-cls/classifier.pt"
+variant fpn-attention --checkpoint "$FPN/train-cls/classifier.pt" --fpn-attention influence \
+  --influence "$FPN/influence"
+variant fpn-igcam --method igcam --checkpoint "$FPN/train-cls/classifier.pt"
 cat "$LOG"

@@ -72,6 +72,7 @@ class CamConfig:
 
 
 def checkpoint_path(config: CamConfig) -> Path:
+    """The classifier the maps come from (methods that build artifacts record its hash)."""
     return config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
 
 
