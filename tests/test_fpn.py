@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import TRAIN, igcam
 
 from igcam_cli.artifacts import write_npz, write_torch
-from igcam_cli.datasets import DatasetSpec, load_dataset
+from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.methods.cam import LevelFusionConfig, build_cam, fuse_levels, level_weights
 from igcam_cli.models import (
@@ -22,6 +22,7 @@ from igcam_cli.models import (
     save_checkpoint_payload,
 )
 from igcam_cli.steps.cam import CamConfig, load_cam
+from igcam_cli.steps.train_cls import prior_logits
 
 
 @pytest.mark.parametrize(("name", "channels"), [
@@ -62,6 +63,17 @@ def test_fpn_features_feed_the_classifier_and_their_cam_is_the_mean_of_level_cam
     torch.testing.assert_close(cam, F.relu(torch.stack(level_cams).mean(0)))
     # not a coincidence of one level: the finest level's CAM alone is something else
     assert not torch.allclose(cam, F.relu(level_cams[0]), atol=1e-3)
+
+
+def test_fpn_head_has_a_bias_that_starts_at_the_label_prior() -> None:
+    samples = [Sample(id=str(i), image=Path(f"{i}.jpg"), labels=labels)
+               for i, labels in enumerate([(0,), (0, 1), (0,), ()])]
+    # class 0 in 3 of 4 images, class 1 in 1, class 2 in none: (count + 0.5) / (4 + 1)
+    expected = torch.logit(torch.tensor([0.7, 0.3, 0.1]))
+    torch.testing.assert_close(prior_logits(samples, 3), expected)
+    assert _fpn_model().classifier.bias is not None
+    assert CamNet(build_backbone("efficientnet-lite0", pretrained=False), 3).classifier.bias \
+        is None  # the plain CAM head stays bias-free
 
 
 def test_checkpoint_restores_the_fpn_and_old_checkpoints_still_load(tmp_path: Path) -> None:

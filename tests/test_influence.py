@@ -78,12 +78,15 @@ def test_head_blocks_are_the_explicit_hessian_of_the_head_loss() -> None:
 
 
 def _fit(features: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, damping: float,
-         n_fit: int) -> torch.Tensor:
-    """Newton's method on (1/n_fit) sum_keep BCE + damping/2 |w|^2 (strictly convex)."""
+         n_fit: int, bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Newton's method on (1/n_fit) sum_keep BCE + damping/2 |w|^2 (strictly convex).
+
+    ``bias`` is a fixed logit offset per class (an FPN head's bias, not refitted).
+    """
     weight = torch.zeros(targets.shape[1], features.shape[1], dtype=F64)
 
     def objective(theta: torch.Tensor) -> torch.Tensor:
-        logits = features[keep] @ theta.view_as(weight).T
+        logits = features[keep] @ theta.view_as(weight).T + bias
         bce = F.binary_cross_entropy_with_logits(logits, targets[keep], reduction="sum")
         return bce / n_fit + damping / 2 * theta.dot(theta)
 
@@ -95,30 +98,35 @@ def _fit(features: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, damp
     return theta.view_as(weight)
 
 
-@pytest.mark.parametrize("solver", ["exact", "cg"])
-def test_influence_predicts_leave_one_out_retraining(solver: str) -> None:
+@pytest.mark.parametrize(("solver", "with_bias"), [("exact", False), ("cg", False),
+                                                   ("exact", True)])
+def test_influence_predicts_leave_one_out_retraining(solver: str, with_bias: bool) -> None:
     """On a convex problem, -I(z)/n matches the held-out loss change of retraining without z."""
     features, targets = _logistic_problem()
+    # a fixed per-class logit offset, as an FPN classifier's bias (ignoring it moves every score)
+    bias = torch.tensor([-1.5, 0.8], dtype=F64) if with_bias else None
+    offset = 0.0 if bias is None else bias
     damping = 0.05  # the damping is exactly an L2 penalty of the fitted objective here
     held = torch.zeros(len(features), dtype=torch.bool)
     held[::4] = True
     fit = ~held
     n_fit = int(fit.sum())
-    weight = _fit(features, targets, fit, damping, n_fit)
+    weight = _fit(features, targets, fit, damping, n_fit, offset)
 
     def held_loss(w: torch.Tensor) -> float:
-        logits = features[held] @ w.T
+        logits = features[held] @ w.T + offset
         return float(F.binary_cross_entropy_with_logits(logits, targets[held], reduction="sum")
                      / int(held.sum()))
 
     config = InfluenceConfig(run=Path("."), dataset=None, solver=solver, damping=damping,
                              iters=200)
-    _, scores, self_scores = head_influence(features, targets, weight, held, config)
+    _, scores, self_scores = head_influence(features, targets, weight, held, config, bias)
     predicted, actual = [], []
     for z in torch.nonzero(fit).flatten().tolist()[:24]:
         keep = fit.clone()
         keep[z] = False
-        actual.append(held_loss(_fit(features, targets, keep, damping, n_fit)) - held_loss(weight))
+        actual.append(held_loss(_fit(features, targets, keep, damping, n_fit, offset))
+                      - held_loss(weight))
         predicted.append(-float(scores[z]) / n_fit)
     predicted, actual = np.array(predicted), np.array(actual)
     assert np.corrcoef(predicted, actual)[0, 1] > 0.99

@@ -164,23 +164,28 @@ def _solve_head(model: CamNet, samples: list[Sample], held: list[bool], config: 
             feats.append(model.features(image).mean(dim=(2, 3))[0].double().cpu())
             targets.append(_targets(sample, num_classes, torch.device("cpu")).double())
     weight = model.classifier.weight.detach().flatten(1).double().cpu()
+    bias = model.classifier.bias
     vector, scores, self_scores = head_influence(
-        torch.stack(feats), torch.stack(targets), weight, torch.tensor(held), config)
+        torch.stack(feats), torch.stack(targets), weight, torch.tensor(held), config,
+        None if bias is None else bias.detach().double().cpu())
     return Solution(["classifier.weight"], vector.float().flatten(), [s.id for s in samples],
                     held, scores.numpy(), None if self_scores is None else self_scores.numpy())
 
 
 def head_influence(features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                   held: torch.Tensor, config: InfluenceConfig
+                   held: torch.Tensor, config: InfluenceConfig, bias: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Influence through a bias-free linear head under per-class BCE.
+    """Influence through a linear head's weights under per-class BCE.
 
     ``features`` (N, D) pooled features, ``targets`` (N, C), ``weight`` (C, D), ``held`` (N,)
-    marks the held-out samples. Returns ``v = (H + damping I)^-1 grad L_held`` (C, D), every
-    sample's influence ``-v . grad l(z)`` and, if asked, its self-influence. The gradient of
-    sample n for row c is ``(s_nc - y_nc) f_n``, so nothing of size N x C x D is formed.
+    marks the held-out samples; ``bias`` (C,), an FPN classifier's, is held fixed (it only
+    shifts the logits the Hessian is taken at). Returns ``v = (H + damping I)^-1 grad L_held``
+    (C, D), every sample's influence ``-v . grad l(z)`` and, if asked, its self-influence. The
+    gradient of sample n for row c is ``(s_nc - y_nc) f_n``, so nothing of size N x C x D is
+    formed.
     """
-    probs = torch.sigmoid(features @ weight.T)
+    offset = 0.0 if bias is None else bias
+    probs = torch.sigmoid(features @ weight.T + offset)
     residual = probs - targets
     fit = ~held
     g = (residual[held].T @ features[held]) / int(held.sum())  # (C, D) held-out gradient
@@ -196,7 +201,7 @@ def head_influence(features: torch.Tensor, targets: torch.Tensor, weight: torch.
             return torch.cat(parts)
     else:
         def loss(theta: torch.Tensor) -> torch.Tensor:
-            logits = features[fit] @ theta.view_as(weight).T
+            logits = features[fit] @ theta.view_as(weight).T + offset
             return F.binary_cross_entropy_with_logits(logits, targets[fit], reduction="sum") \
                 / int(fit.sum())
 

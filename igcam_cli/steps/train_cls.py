@@ -148,6 +148,19 @@ class _TrainImages(TorchDataset):
         return image, target, self.weights[index]
 
 
+def prior_logits(samples: list[Sample], num_classes: int) -> torch.Tensor:
+    """(C,) logits of each class's label frequency, the start of an FPN classifier's bias.
+
+    Started at zero, the bias learns the prior more slowly than the neck turns its features into
+    a constant that states it, and the FPN classifier stalls at the prior (models.CamNet).
+    """
+    counts = torch.zeros(num_classes)
+    for sample in samples:
+        counts[list(sample.labels or ())] += 1
+    frequency = ((counts + 0.5) / (len(samples) + 1)).clamp(1e-3, 1 - 1e-3)
+    return torch.logit(frequency)
+
+
 def _validate(samples: list[Sample], record: StepRecord, strict: bool) -> list[Sample]:
     """Decode every training image once so a corrupt file is reported, not a crash mid-epoch."""
     good = []
@@ -307,6 +320,8 @@ def train_cls(config: TrainConfig) -> Path:
     if config.stage == 1:
         model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes,
                        config.fpn_channels if config.fpn else None)
+        if model.classifier.bias is not None:
+            model.classifier.bias.data = prior_logits(samples, dataset.num_classes)
         weights = [1.0] * len(samples)
     else:
         init = config.init or stage1 / CLASSIFIER_FILE
