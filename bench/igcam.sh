@@ -32,6 +32,7 @@ FPN=$RUN/fpn
 [ -f "$FPN/influence/scores.csv" ] || step influence-fpn igcam influence --run "$FPN" \
   --voc "$DATA" --device "$DEVICE"
 variant fpn --checkpoint "$FPN/train-cls/classifier.pt"
+variant fpn-last --checkpoint "$FPN/train-cls/classifier.pt" --fpn-levels last
 variant fpn-attention --checkpoint "$FPN/train-cls/classifier.pt" --fpn-attention influence \
   --influence "$FPN/influence"
 variant fpn-igcam --method igcam --checkpoint "$FPN/train-cls/classifier.pt"

@@ -12,7 +12,6 @@ mean colour) to the largest scale and cropped back. Run by hand from the reposit
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -25,15 +24,12 @@ from igcam_cli.transforms import to_tensor
 SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
-def padded_features(model: torch.nn.Module, view: torch.Tensor, height: int,
-                    width: int) -> torch.Tensor:
-    """Features of ``view`` padded to (height, width) with the mean colour, cropped back."""
+def padded_features(model: torch.nn.Module, view: torch.Tensor, height: int, width: int,
+                    grid: tuple[int, int]) -> torch.Tensor:
+    """Features of ``view`` padded to (height, width) with the mean colour, cut to ``grid``."""
     canvas = model.mean.expand(len(view), 3, height, width).clone()
     canvas[..., :view.shape[-2], :view.shape[-1]] = view
-    features = model.features(canvas)
-    rows, cols = (math.ceil(f * v / c - 1e-6) for f, v, c in
-                  zip(features.shape[-2:], view.shape[-2:], (height, width), strict=True))
-    return features[..., :rows, :cols]
+    return model.features(canvas)[..., :grid[0], :grid[1]]
 
 
 def main() -> None:
@@ -51,7 +47,7 @@ def main() -> None:
             height, width = (max(v.shape[i] for v in batch) for i in (-2, -1))
             for scale, view in zip(SCALES, batch, strict=True):
                 alone = model.features(view)[0]
-                padded = padded_features(model, view, height, width)[0]
+                padded = padded_features(model, view, height, width, alone.shape[-2:])[0]
                 change = (padded - alone).norm(dim=0) / alone.norm(dim=0)
                 whole = ((padded - alone).norm() / alone.norm()).item()
                 print(f"{path.name} {scale}: {change[0].mean():.3f} / {whole:.3f} / "
