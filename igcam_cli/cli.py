@@ -131,6 +131,10 @@ def train_cls_cmd(
     fpn_channels: Annotated[int, typer.Option(
         min=16, help="Channels of every FPN level; the neck's cost grows with their square "
                      "(128 adds about one EfficientNet-Lite0 pass).")] = 128,
+    head_bias: Annotated[bool | None, typer.Option(
+        "--head-bias/--no-head-bias",
+        help="Stage 1: give the classifier a logit bias, started at the label frequencies "
+             "(CAMs never use it). Default: on with --fpn, off without.")] = None,
     device: DeviceOpt = "auto", strict: StrictOpt = False,
 ) -> None:
     """Train the multi-label classifier that CAMs are read from."""
@@ -144,7 +148,7 @@ def train_cls_cmd(
         stage=int(stage) if stage.isdigit() else stage, init=init,
         influence=influence, influence_strength=influence_strength,
         consistency_weight=consistency_weight, boundary_weight=boundary_weight,
-        fpn=fpn, fpn_channels=fpn_channels,
+        fpn=fpn, fpn_channels=fpn_channels, head_bias=head_bias,
         selfsup=SelfSupConfig(rcm_weight=rcm_weight, mam_weight=mam_weight,
                               scales=_scales(mam_scales, "--mam-scales"), threshold=rcm_threshold,
                               bg_threshold=rcm_bg_threshold, temperature=rcm_temperature,

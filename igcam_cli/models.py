@@ -319,15 +319,15 @@ class CamNet(nn.Module):
     CAMs before ReLU, and every other part of the tool (influence, proposals' RoI scores, ...)
     keeps reading one stride-16 map.
 
-    With a neck the classifier has a bias (in the logits only; CAMs use its weights alone),
-    started at the label prior (``train_cls.prior_logits``). A bias-free head can state the
-    prior (logits near -3.4 on coco128) only through a constant feature direction, and
-    GroupNorm gives each group a fixed energy, so on coco128 the neck grew that constant until
-    little else was left: after 4 epochs the pooled features' mean had norm 11 and their spread
-    between images 0.1-0.3 (2.6 at the start), every image got the same logits and train mAP
-    stayed at the prior's 0.1. A bias started at zero did not help (it learns the prior more
-    slowly than the neck does); started at the prior, train mAP was 0.42 after 2 epochs. The
-    plain backbone needs no bias: its post-activation features carry their own constant.
+    With a neck (or ``head_bias``) the classifier has a bias (in the logits only; CAMs use its
+    weights alone), started at the label prior (``train_cls.prior_logits``). A bias-free head
+    can state the prior (logits near -3.4 on coco128) only through a constant feature
+    direction, and GroupNorm gives each group a fixed energy, so on coco128 the neck grew that
+    constant until little else was left: after 4 epochs the pooled features' mean had norm 11
+    and their spread between images 0.1-0.3 (2.6 at the start), every image got the same
+    logits and train mAP stayed at the prior's 0.1. A bias started at zero did not help (it
+    learns the prior more slowly than the neck does); started at the prior, train mAP was 0.42
+    after 2 epochs. The plain backbone's post-activation features carry their own constant.
 
     Cost on a CPU: the stride-4 level's 3x3 output conv takes ``9 N^2 HW / 16`` multiply-adds,
     2.4 G at N = 128 on a 512 crop, about one more EfficientNet-Lite0 pass; torchvision's
@@ -339,15 +339,16 @@ class CamNet(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int,
-                 fpn_channels: int | None = None) -> None:
+                 fpn_channels: int | None = None, head_bias: bool | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.fpn_channels = fpn_channels
         self.neck = None if fpn_channels is None else FeaturePyramidNetwork(
             list(backbone.stage_channels), fpn_channels,
             norm_layer=partial(nn.GroupNorm, math.gcd(16, fpn_channels)))
-        self.classifier = nn.Conv2d(fpn_channels or backbone.out_channels, num_classes, 1,
-                                    bias=fpn_channels is not None)
+        self.classifier = nn.Conv2d(
+            fpn_channels or backbone.out_channels, num_classes, 1,
+            bias=fpn_channels is not None if head_bias is None else head_bias)
         nn.init.xavier_uniform_(self.classifier.weight)
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
@@ -432,7 +433,8 @@ def load_classifier(path: Path, device: torch.device) -> tuple[CamNet, dict]:
         raise IgcamError(f"{path} is not an igcam classifier checkpoint")
     backbone = build_backbone(payload["backbone"], pretrained=False)
     # Checkpoints written before the FPN neck existed have no "fpn_channels": plain models.
-    model = CamNet(backbone, len(payload["class_names"]), payload.get("fpn_channels"))
+    model = CamNet(backbone, len(payload["class_names"]), payload.get("fpn_channels"),
+                   head_bias="classifier.bias" in payload["model"])
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), payload
 

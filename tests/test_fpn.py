@@ -73,10 +73,10 @@ def test_fpn_head_has_a_bias_that_starts_at_the_label_prior() -> None:
     torch.testing.assert_close(prior_logits(samples, 3), expected)
     assert _fpn_model().classifier.bias is not None
     assert CamNet(build_backbone("efficientnet-lite0", pretrained=False), 3).classifier.bias \
-        is None  # the plain CAM head stays bias-free
+        is None  # the plain CAM head stays bias-free unless asked (--head-bias)
 
 
-def test_checkpoint_restores_the_fpn_and_old_checkpoints_still_load(tmp_path: Path) -> None:
+def test_checkpoint_restores_the_fpn_the_head_bias_and_old_checkpoints(tmp_path: Path) -> None:
     model = _fpn_model(channels=16)
     path = write_torch(tmp_path / "fpn.pt", save_checkpoint_payload(
         model, "efficientnet-lite0", ("a", "b", "c")))
@@ -85,6 +85,15 @@ def test_checkpoint_restores_the_fpn_and_old_checkpoints_still_load(tmp_path: Pa
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+    biased = CamNet(build_backbone("efficientnet-lite0", pretrained=False), 3,
+                    head_bias=True).eval()
+    torch.nn.init.normal_(biased.classifier.bias)
+    loaded, _ = load_classifier(write_torch(tmp_path / "biased.pt", save_checkpoint_payload(
+        biased, "efficientnet-lite0", ("a", "b", "c"))), torch.device("cpu"))
+    assert loaded.neck is None and loaded.classifier.bias is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), biased(x))
 
     plain = CamNet(build_backbone("efficientnet-lite0", pretrained=False), 3).eval()
     old = save_checkpoint_payload(plain, "efficientnet-lite0", ("a", "b", "c"))
@@ -142,6 +151,7 @@ def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert payload["fpn_channels"] == 32
     assert any(key.startswith("neck.") for key in payload["model"])
+    assert "classifier.bias" in payload["model"]  # on by default with --fpn
 
     # A third of the images (--shard) and one scale keep the two CAM passes quick.
     samples = load_dataset(DatasetSpec(voc=tiny_voc)).samples[::3]

@@ -120,6 +120,7 @@ class TrainConfig:
     edge_gamma: float = 10.0
     fpn: bool = False  # stage 1: FPN neck over the backbone's stages (models.CamNet)
     fpn_channels: int = 128  # channels of every pyramid level; the cost grows with its square
+    head_bias: bool | None = None  # stage 1: logit bias from the label prior (None: with fpn)
     selfsup: SelfSupConfig = field(default_factory=SelfSupConfig)
 
 
@@ -319,7 +320,7 @@ def train_cls(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed)
     if config.stage == 1:
         model = CamNet(build_backbone(config.backbone, config.weights), dataset.num_classes,
-                       config.fpn_channels if config.fpn else None)
+                       config.fpn_channels if config.fpn else None, config.head_bias)
         if model.classifier.bias is not None:
             model.classifier.bias.data = prior_logits(samples, dataset.num_classes)
         weights = [1.0] * len(samples)
