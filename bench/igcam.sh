@@ -36,4 +36,10 @@ variant fpn-last --checkpoint "$FPN/train-cls/classifier.pt" --fpn-levels last
 variant fpn-attention --checkpoint "$FPN/train-cls/classifier.pt" --fpn-attention influence \
   --influence "$FPN/influence"
 variant fpn-igcam --method igcam --checkpoint "$FPN/train-cls/classifier.pt"
+# Control for the FPN rows: the plain classifier with the FPN head's prior-started logit bias
+BIAS=$RUN/bias
+[ -f "$BIAS/train-cls/classifier.pt" ] || step train-bias igcam train-cls --run "$BIAS" \
+  --voc "$DATA" --head-bias --epochs "${EPOCHS:-20}" --crop 448 --batch-size 8 --device "$DEVICE"
+variant bias --checkpoint "$BIAS/train-cls/classifier.pt"
+variant bias-igcam --method igcam --checkpoint "$BIAS/train-cls/classifier.pt"
 cat "$LOG"
