@@ -178,11 +178,11 @@ def head_influence(features: torch.Tensor, targets: torch.Tensor, weight: torch.
     """Influence through a linear head's weights under per-class BCE.
 
     ``features`` (N, D) pooled features, ``targets`` (N, C), ``weight`` (C, D), ``held`` (N,)
-    marks the held-out samples; ``bias`` (C,), an FPN classifier's, is held fixed (it only
-    shifts the logits the Hessian is taken at). Returns ``v = (H + damping I)^-1 grad L_held``
-    (C, D), every sample's influence ``-v . grad l(z)`` and, if asked, its self-influence. The
-    gradient of sample n for row c is ``(s_nc - y_nc) f_n``, so nothing of size N x C x D is
-    formed.
+    marks the held-out samples; ``bias`` (C,), of a biased head (FPN, --head-bias), is held
+    fixed (it only shifts the logits the Hessian is taken at). Returns
+    ``v = (H + damping I)^-1 grad L_held`` (C, D), every sample's influence ``-v . grad l(z)``
+    and, if asked, its self-influence. The gradient of sample n for row c is
+    ``(s_nc - y_nc) f_n``, so nothing of size N x C x D is formed.
     """
     offset = 0.0 if bias is None else bias
     probs = torch.sigmoid(features @ weight.T + offset)

@@ -150,10 +150,11 @@ class _TrainImages(TorchDataset):
 
 
 def prior_logits(samples: list[Sample], num_classes: int) -> torch.Tensor:
-    """(C,) logits of each class's label frequency, the start of an FPN classifier's bias.
+    """(C,) logits of each class's label frequency, where a classifier's bias starts.
 
-    Started at zero, the bias learns the prior more slowly than the neck turns its features into
-    a constant that states it, and the FPN classifier stalls at the prior (models.CamNet).
+    Started at zero, the bias learns the prior more slowly than the features turn into a
+    constant that states it: the FPN classifier stalls at the prior, the plain one starts late
+    (models.CamNet).
     """
     counts = torch.zeros(num_classes)
     for sample in samples:
