@@ -17,7 +17,7 @@ source "$(dirname "$0")/lib.sh"
 [ -f "$RUN/influence/scores.csv" ] || step influence igcam influence --run "$RUN" --voc "$DATA" \
   --device "$DEVICE"
 variant base
-variant igcam-roi --method igcam --box-scores roi
+variant igcam-roi --method igcam --igcam-box-scores roi
 variant igcam --method igcam
 variant igcam-influence --method igcam --influence "$RUN/influence"
 [ -f "$RUN/train-cls-stage2/classifier.pt" ] || step train-stage2 igcam train-cls --run "$RUN" \

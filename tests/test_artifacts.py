@@ -3,18 +3,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from igcam_cli.artifacts import (
     TMP_PREFIX,
+    RunDir,
     Shard,
     StepRecord,
     atomic_write,
     ensure_dir,
     read_manifest,
+    read_npz,
     remove_stale_temps,
     write_npz,
 )
-from igcam_cli.errors import IgcamError
+from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.runner import resolve_device
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:
@@ -66,3 +70,32 @@ def test_manifest_records_counts_and_is_complete(tmp_path: Path) -> None:
     assert manifest is not None and manifest["counts"] == {"processed": 3}
     assert manifest["warnings"] == ["x.jpg: unreadable"]
     assert "torch" in json.loads((tmp_path / "manifest.json").read_text())["versions"]
+
+
+def test_corrupt_or_missing_npz_is_an_image_problem(tmp_path: Path) -> None:
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "noise.npz").write_bytes(bytes(range(256)) * 4)
+    for name in ("empty.npz", "noise.npz", "absent.npz"):
+        with pytest.raises(ImageProblem, match=name):
+            read_npz(tmp_path / name)
+
+
+def test_run_dir_names_every_derived_folder(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert run.classifier() == tmp_path / "train-cls" / "classifier.pt"
+    assert run.classifier("stage2") == tmp_path / "train-cls-stage2" / "classifier.pt"
+    assert run.cam() == tmp_path / "cam" and run.cam("lpcam+igcam") == tmp_path / "cam-lpcam+igcam"
+    assert run.eval_report("seed") == tmp_path / "eval" / "seed.json"
+    with pytest.raises(ValueError):
+        run.step("elsewhere")
+
+
+def test_devices_resolve_or_fail_with_one_message() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    for bad in ("tpu", "cuda:x", "gpu0"):
+        with pytest.raises(IgcamError, match="--device must be"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(IgcamError, match="no CUDA device"):
+            resolve_device("cuda:1")

@@ -83,3 +83,24 @@ def test_bad_option_values(tiny_voc: Path, tmp_path: Path) -> None:
                     "--shard")
     _one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
                           "tpu"), "--device")
+
+
+def test_parser_errors_are_one_line_too(tmp_path: Path) -> None:
+    """Unknown options and values of the wrong type: the parser's message, on one line."""
+    _one_line_error(igcam("cam", "--run", tmp_path, "--box-top", "3"), "--box-top",
+                    "igcam cam --help")
+    _one_line_error(igcam("propose", "--run", tmp_path, "--top", "many"), "--top")
+    _one_line_error(igcam("refine"), "--run")  # a required option
+    _one_line_error(igcam("train-cls", "--run", tmp_path, "--batch-size", "0"), "--batch-size")
+    _one_line_error(igcam("frobnicate"), "frobnicate")
+
+
+def test_cuda_device_without_a_gpu_is_a_user_error(tiny_voc: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for device in ("cuda", "cuda:1"):
+        _one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
+                              device), f"--device {device}", "no CUDA device")

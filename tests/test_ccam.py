@@ -8,9 +8,11 @@ import numpy as np
 import torch
 from conftest import igcam
 
-from igcam_cli.methods.cam import multiscale_cam, normalise
+from igcam_cli.artifacts import read_npz
 from igcam_cli.methods.ccam import CcamConfig, class_conditional
-from igcam_cli.steps.cam import load_cam
+from igcam_cli.methods.multiscale import multiscale_cam
+from igcam_cli.models import CamNet
+from igcam_cli.transforms import normalise
 
 
 class _RednessNet(torch.nn.Module):
@@ -24,6 +26,10 @@ class _RednessNet(torch.nn.Module):
         self.classifier = torch.nn.Conv2d(3, 1, 1, bias=False)
         self.classifier.weight.data = torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1)
         self.passes = 0
+
+    # The CAM and logits exactly as a trained classifier computes them.
+    cam = CamNet.cam
+    logits = CamNet.logits
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         self.passes += 1
@@ -111,7 +117,7 @@ def test_ccam_method_through_the_cli(trained_run: Path, tiny_voc: Path, tmp_path
     assert len(files) == 4
     peaks = []
     for path in files:
-        ccam, cam = load_cam(path), load_cam(tmp_path / "cam" / path.name)
+        ccam, cam = read_npz(path), read_npz(tmp_path / "cam" / path.name)
         assert ccam["cams"].shape == cam["cams"].shape and ccam["cams"].shape[1:] == (64, 64)
         # ccam only adds evidence to the CAM it starts from (float16 rounding aside)
         assert np.all(ccam["cams"].astype(np.float32) >= cam["cams"].astype(np.float32) - 1e-2)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import igcam
 
+from igcam_cli.artifacts import read_npz
 from igcam_cli.methods.cpmc import CpmcConfig, affinity, cpmc, propagate
-from igcam_cli.steps.cam import load_cam
+from igcam_cli.models import CamNet
 
 GRID = (8, 12)  # feature grid of a 128 x 192 image at stride 16
 OBJECT_LEFT = (slice(2, 7), slice(1, 5))  # the part the CAM finds
@@ -35,6 +36,10 @@ class _FixedFeatures(torch.nn.Module):
         grid[:, CONTEXT[0], CONTEXT[1]] = _unit(3).view(8, 1, 1)
         self.grid = (grid + 0.05 * torch.rand(grid.shape, generator=gen)).clamp_min(0)
         self.classifier = torch.nn.Conv2d(8, 1, 1, bias=False)
+
+    # The CAM and logits exactly as a trained classifier computes them.
+    cam = CamNet.cam
+    logits = CamNet.logits
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.grid.expand(len(images), -1, -1, -1)
@@ -90,7 +95,7 @@ def test_cpmc_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None:
     assert result.returncode == 0, result.stderr
     files = sorted((trained_run / "cam-cpmc").glob("*.npz"))
     assert len(files) == 24
-    maps = [load_cam(f)["cams"] for f in files]
+    maps = [read_npz(f)["cams"] for f in files]
     assert all(m.shape[1:] == (64, 64) for m in maps)
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32) for m in maps])
     assert np.all(np.isclose(peaks, 1, atol=1e-2) | (peaks == 0)) and (peaks > 0).any()

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from igcam_cli.datasets import DatasetSpec, labels_from_mask, load_dataset, read_labels_file
+from igcam_cli.datasets import (
+    FORMATS,
+    DatasetSpec,
+    class_file,
+    class_names,
+    dataset_format,
+    labels_from_mask,
+    load_dataset,
+    read_labels_file,
+)
+from igcam_cli.datasets.voc import split_file
 from igcam_cli.errors import IgcamError, ImageProblem
 
 NAMES = ("cat", "dog", "person")
@@ -103,3 +113,74 @@ def test_real_voc_and_coco_layouts(voc_sample: Path, coco128: Path) -> None:
     assert {s.id: s.labels for s in voc.samples}["2011_000003"] == (4, 14)  # bottle, person
     coco = load_dataset(DatasetSpec(voc=coco128, split="train"))
     assert len(coco.samples) == 97 and all(s.labels for s in coco.samples)
+
+
+# The format registry: each format claims its own spec, and steps ask it for ground truth,
+# splits and the class list instead of looking inside the dataset folder.
+
+
+def test_each_format_detects_its_spec_and_not_the_others(tiny_voc: Path) -> None:
+    specs = {"voc": DatasetSpec(voc=tiny_voc), "folder": DatasetSpec(images=tiny_voc)}
+    assert set(FORMATS) == set(specs)
+    for name, fmt in FORMATS.items():
+        assert fmt.name == name
+        for spec_name, spec in specs.items():
+            assert fmt.detect(spec) == (spec_name == name), (name, spec_name)
+        assert dataset_format(specs[name]) is fmt
+    assert dataset_format(DatasetSpec()) is None
+
+
+def test_no_or_two_formats_is_the_same_one_line_error(tiny_voc: Path) -> None:
+    message = "give exactly one of --voc ROOT or --images DIR"
+    with pytest.raises(IgcamError, match=message):
+        load_dataset(DatasetSpec())
+    with pytest.raises(IgcamError, match=message):
+        load_dataset(DatasetSpec(voc=tiny_voc, images=tiny_voc / "JPEGImages"))
+    with pytest.raises(IgcamError, match=message):
+        dataset_format(DatasetSpec(voc=tiny_voc, images=tiny_voc / "JPEGImages"))
+
+
+def test_voc_split_falls_back_to_imagesets_main(tmp_path: Path, tiny_voc: Path) -> None:
+    root = _voc_copy(tiny_voc, tmp_path)
+    segmentation = root / "ImageSets" / "Segmentation" / "train.txt"
+    main = root / "ImageSets" / "Main" / "train.txt"
+    main.parent.mkdir()
+    main.write_text("demo_0003\ndemo_0005 1\n")
+    assert split_file(root, "train") == segmentation  # Segmentation wins when it has the split
+    segmentation.unlink()
+    assert split_file(root, "train") == main
+    spec = DatasetSpec(voc=root)
+    assert FORMATS["voc"].split_ids(spec) == ["demo_0003", "demo_0005"]
+    assert [s.id for s in load_dataset(spec).samples] == ["demo_0003", "demo_0005"]
+    with pytest.raises(IgcamError, match=r"Segmentation/val.txt not found"):
+        FORMATS["voc"].split_ids(DatasetSpec(voc=root, split="val"))
+
+
+def test_voc_ground_truth_prefers_segmentation_class_aug(tmp_path: Path, tiny_voc: Path) -> None:
+    root = _voc_copy(tiny_voc, tmp_path)
+    voc, spec = FORMATS["voc"], DatasetSpec(voc=root)
+    assert voc.ground_truth(spec) == root / "SegmentationClass"
+    shutil.copytree(root / "SegmentationClass", root / "SegmentationClassAug")
+    assert voc.ground_truth(spec) == root / "SegmentationClassAug"
+    assert {s.mask.parent for s in load_dataset(spec).samples} == {root / "SegmentationClassAug"}
+    shutil.rmtree(root / "SegmentationClassAug")
+    shutil.rmtree(root / "SegmentationClass")
+    assert voc.ground_truth(spec) is None
+
+
+def test_class_file_comes_from_the_option_else_the_format(tmp_path: Path, tiny_voc: Path) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(NAMES))
+    assert class_file(DatasetSpec(voc=tiny_voc)) == tiny_voc / "classes.txt"
+    assert class_file(DatasetSpec(voc=tiny_voc, classes=other)) == other
+    assert class_names(DatasetSpec(voc=tiny_voc, classes=other)) == NAMES
+    assert class_file(DatasetSpec(images=tiny_voc / "JPEGImages")) is None
+    assert len(class_names(DatasetSpec(images=tiny_voc / "JPEGImages"))) == 20  # VOC's
+    assert class_names(DatasetSpec(classes=other)) == NAMES  # no dataset: eval's --classes
+
+
+def test_folder_format_has_no_ground_truth_or_splits(tiny_voc: Path) -> None:
+    spec = DatasetSpec(images=tiny_voc / "JPEGImages")
+    folder = FORMATS["folder"]
+    assert folder.ground_truth(spec) is None and folder.split_ids(spec) is None
+    assert folder.class_file(spec) is None

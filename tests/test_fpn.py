@@ -10,19 +10,13 @@ import torch
 import torch.nn.functional as F
 from conftest import TRAIN, igcam
 
-from igcam_cli.artifacts import write_npz, write_torch
+from igcam_cli.artifacts import read_npz, write_npz, write_torch
+from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
-from igcam_cli.methods.cam import LevelFusionConfig, build_cam, fuse_levels, level_weights
-from igcam_cli.models import (
-    FPN_LEVELS,
-    CamNet,
-    build_backbone,
-    load_classifier,
-    save_checkpoint_payload,
-)
-from igcam_cli.steps.cam import CamConfig, load_cam
-from igcam_cli.steps.train_cls import prior_logits
+from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams, fuse_levels, level_weights
+from igcam_cli.models import FPN_LEVELS, CamNet, load_classifier, save_checkpoint_payload
+from igcam_cli.training.stage1 import prior_logits
 
 
 @pytest.mark.parametrize(("name", "channels"), [
@@ -51,7 +45,7 @@ def test_fpn_features_feed_the_classifier_and_their_cam_is_the_mean_of_level_cam
         levels = model.level_features(x)
         features = model.features(x)
         fused_logits, level_logits = model.pyramid_logits(x)
-        cam = model.cam(x)
+        cam = model.cam(model.features(x))
         logits = model(x)
     assert [level.shape[1:] for level in levels] == [(32, 16, 24), (32, 8, 12), (32, 4, 6),
                                                      (32, 4, 6)]
@@ -127,18 +121,14 @@ def test_attention_weights_the_level_that_agrees_with_the_influence_map(agreeing
 
 
 def test_level_options_are_checked(tmp_path: Path) -> None:
-    spec = DatasetSpec(voc=tmp_path)
     plain = CamNet(build_backbone("efficientnet-lite0", pretrained=False), 3)
     with pytest.raises(IgcamError, match="train-cls --fpn"):
-        build_cam(plain, CamConfig(run=tmp_path, dataset=spec,
-                                   fpn=LevelFusionConfig(levels=("s4",))))
+        base_cams(plain, (1.0,), True, LevelFusionConfig(levels=("s4",)), None)
     model = _fpn_model()
     with pytest.raises(IgcamError, match="--fpn-levels"):
-        build_cam(model, CamConfig(run=tmp_path, dataset=spec,
-                                   fpn=LevelFusionConfig(levels=("s2",))))
+        base_cams(model, (1.0,), True, LevelFusionConfig(levels=("s2",)), None)
     with pytest.raises(IgcamError, match="needs --influence"):
-        build_cam(model, CamConfig(run=tmp_path, dataset=spec,
-                                   fpn=LevelFusionConfig(attention="influence")))
+        base_cams(model, (1.0,), True, LevelFusionConfig(attention="influence"), None)
 
 
 def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
@@ -161,7 +151,7 @@ def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
     assert result.returncode == 0, result.stderr
     assert len(list((run / "cam").glob("*.npz"))) == len(samples)
     for sample in samples:
-        data = load_cam(run / "cam" / f"{sample.id}.npz")
+        data = read_npz(run / "cam" / f"{sample.id}.npz")
         assert data["classes"].tolist() == sorted(sample.labels)
         assert data["cams"].shape == (len(sample.labels), 64, 64)
         assert np.allclose(data["cams"].reshape(len(sample.labels), -1).max(1), 1, atol=1e-3)
@@ -181,8 +171,8 @@ def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
     assert result.returncode == 0, result.stderr
     changed = 0
     for sample in samples:
-        weighted = load_cam(out / f"{sample.id}.npz")["cams"].astype(np.float32)
-        plain = load_cam(run / "cam" / f"{sample.id}.npz")["cams"].astype(np.float32)
+        weighted = read_npz(out / f"{sample.id}.npz")["cams"].astype(np.float32)
+        plain = read_npz(run / "cam" / f"{sample.id}.npz")["cams"].astype(np.float32)
         assert weighted.shape == plain.shape
         changed += not np.allclose(weighted, plain, atol=1e-2)
     assert changed > len(samples) // 2

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from conftest import igcam
 
+from igcam_cli.artifacts import read_npz
 from igcam_cli.methods.igcam import GuidanceConfig, box_means, instance_guided, spread
-from igcam_cli.steps.cam import load_cam
 
 
 def test_spread_and_box_means_match_brute_force() -> None:
@@ -57,22 +57,22 @@ def test_igcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None
     assert igcam("propose", "--run", trained_run, "--voc", tiny_voc, "--mode", "single"
                  ).returncode == 0
     result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--method", "igcam",
-                   "--scales", "1.0", "--box-candidates", "10", "--crop-size", "32",
+                   "--scales", "1.0", "--igcam-candidates", "10", "--igcam-crop-size", "32",
                    "--device", "cpu")
     assert result.returncode == 0, result.stderr
     files = sorted((trained_run / "cam-igcam").glob("*.npz"))
     assert len(files) == 24
-    assert load_cam(files[0])["cams"].shape[1:] == (64, 64)
+    assert read_npz(files[0])["cams"].shape[1:] == (64, 64)
     # Renormalised: each class map peaks at 1, or is all zero where the two-epoch classifier
     # has no positive evidence for the class (then no box gets any weight either).
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32)
-                            for m in (load_cam(f)["cams"] for f in files)])
+                            for m in (read_npz(f)["cams"] for f in files)])
     assert np.all(np.isclose(peaks, 1, atol=1e-2) | (peaks == 0)) and (peaks > 0).any()
 
 
 def test_igcam_without_proposals_is_a_one_line_error(trained_run: Path, tiny_voc: Path,
                                                       tmp_path: Path) -> None:
     result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--method", "igcam",
-                   "--proposals", tmp_path / "none", "--device", "cpu")
+                   "--igcam-proposals", tmp_path / "none", "--device", "cpu")
     assert result.returncode == 2
     assert "igcam propose" in result.stderr.strip().splitlines()[-1]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from conftest import igcam
 
 from igcam_cli import hessian
-from igcam_cli.steps.influence import InfluenceConfig, head_influence, load_influence_map
+from igcam_cli.artifacts import read_npz
+from igcam_cli.steps.influence import InfluenceConfig, head_influence
 
 F64 = torch.float64  # exact comparisons need double precision
 
@@ -145,7 +146,7 @@ def test_influence_step_writes_scores_maps_and_reuses_its_solution(
     assert all(float(r["self_influence"]) > 0 for r in rows)
     maps = sorted((folder / "maps").glob("*.npz"))
     assert len(maps) == 24
-    data = load_influence_map(maps[0])
+    data = read_npz(maps[0])
     assert data["maps"].shape[1:] == (64, 64) and len(data["maps"]) == len(data["classes"])
     assert data["maps"].min() >= 0 and np.isclose(data["maps"].max(), 1, atol=1e-3)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -12,20 +12,22 @@ import torch.nn.functional as F
 from conftest import igcam
 from PIL import Image
 
-from igcam_cli.datasets import Dataset, DatasetSpec, Sample
+from igcam_cli.artifacts import RunDir, read_npz
+from igcam_cli.datasets import Dataset, Sample
 from igcam_cli.errors import IgcamError
-from igcam_cli.methods import MethodContext
-from igcam_cli.methods.cam import multiscale_cam, normalise
+from igcam_cli.methods.base import MethodContext
 from igcam_cli.methods.lpcam import (
+    Lpcam,
     LpcamConfig,
     Reservoir,
-    build,
     class_vectors,
     cosine_kmeans,
     lpcam_maps,
     make_prototypes,
 )
-from igcam_cli.steps.cam import CamConfig, load_cam
+from igcam_cli.methods.multiscale import multiscale_cam
+from igcam_cli.models import CamNet
+from igcam_cli.transforms import normalise
 
 HEAD, BODY, BACKGROUND = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
@@ -44,6 +46,10 @@ class _PartsNet(torch.nn.Module):
         self.classifier.weight.data = torch.eye(2, 4).view(2, 4, 1, 1)
         self.register_buffer("colours", torch.tensor(
             [[15.0, 0, 0, 0], [3, 0, 4, 0], [0, 0, 0, 1]]).T)  # (D, RGB)
+
+    # The CAM and logits exactly as a trained classifier computes them.
+    cam = CamNet.cam
+    logits = CamNet.logits
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return torch.einsum("dc,bchw->bdhw", self.colours, F.avg_pool2d(images, 16))
@@ -117,13 +123,18 @@ def test_reservoir_is_bounded_and_uniform() -> None:
     assert counts.min() >= 25 and counts.max() <= 75, counts
 
 
+def _context(run: Path, checkpoint: Path, dataset: Dataset,
+             scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)) -> MethodContext:
+    return MethodContext(_PartsNet(), torch.device("cpu"), scales, True, dataset, RunDir(run),
+                         checkpoint, None, False)
+
+
 def test_lpcam_without_labelled_images_is_a_user_error(tmp_path: Path) -> None:
     checkpoint = tmp_path / "classifier.pt"
     checkpoint.write_bytes(b"any checkpoint")
-    config = CamConfig(run=tmp_path, dataset=DatasetSpec(), checkpoint=checkpoint)
     dataset = Dataset([Sample("a", tmp_path / "a.png")], ("x", "y"), [])
     with pytest.raises(IgcamError, match="labelled images"):
-        build(MethodContext(_PartsNet(), torch.device("cpu"), config, dataset))
+        Lpcam(_context(tmp_path, checkpoint, dataset))
 
 
 def _labelled_folder(root: Path) -> Dataset:
@@ -144,9 +155,8 @@ def test_prototypes_are_rebuilt_or_refused_when_made_otherwise(tmp_path: Path) -
     folder = tmp_path / "run" / "prototypes"
 
     def build_with(**options: object) -> None:
-        config = CamConfig(run=tmp_path / "run", dataset=DatasetSpec(), checkpoint=checkpoint,
-                           scales=(1.0,), lpcam=LpcamConfig(**options))
-        build(MethodContext(_PartsNet(), torch.device("cpu"), config, dataset))
+        Lpcam(_context(tmp_path / "run", checkpoint, dataset, scales=(1.0,)),
+              LpcamConfig(**options))
 
     def made() -> dict:
         return json.loads((folder / "manifest.json").read_text())
@@ -169,8 +179,7 @@ def test_classes_without_prototypes_keep_their_cam(tmp_path: Path) -> None:
     dataset = _labelled_folder(tmp_path / "images")
     checkpoint = tmp_path / "classifier.pt"
     checkpoint.write_bytes(b"classifier")
-    config = CamConfig(run=tmp_path, dataset=DatasetSpec(), checkpoint=checkpoint, scales=(1.0,))
-    lpcam = build(MethodContext(_PartsNet(), torch.device("cpu"), config, dataset))
+    lpcam = Lpcam(_context(tmp_path, checkpoint, dataset, scales=(1.0,)))
     image = _scene(48, 32)
     cams = torch.rand(2, 96, 128)
     maps = lpcam(dataset.samples[1], image, cams, [0, 1])
@@ -195,7 +204,7 @@ def test_lpcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None
     assert len(stored["class_prototypes"]) == len(stored["class_ids"]) > 0
     files = sorted((trained_run / "cam-lpcam").glob("*.npz"))
     assert len(files) == 24
-    maps = [load_cam(f)["cams"] for f in files]
+    maps = [read_npz(f)["cams"] for f in files]
     assert maps[0].shape[1:] == (64, 64)
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32) for m in maps])
     assert np.all(np.isclose(peaks, 1, atol=1e-2) | (peaks == 0)) and (peaks > 0).any()

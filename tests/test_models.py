@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from igcam_cli.artifacts import write_torch
+from igcam_cli.backbones import BACKBONES, build_backbone, default_lr
+from igcam_cli.backbones.base import BackboneSpec, register
+from igcam_cli.backbones.weights import weights_dir, weights_manifest
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
-from igcam_cli.models import CamNet, build_backbone, load_classifier, save_checkpoint_payload
+from igcam_cli.models import CamNet, load_classifier, save_checkpoint_payload
 from igcam_cli.transforms import resize, to_tensor
 
 
@@ -41,7 +45,7 @@ def test_output_stride_16_and_frozen_batchnorm(name: str) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
     model = CamNet(backbone, 5)
     x = torch.rand(2, 3, 96, 128)
-    assert model.cam(x).shape == (2, 5, 6, 8)
+    assert model.cam(model.features(x)).shape == (2, 5, 6, 8)
     assert model(x).shape == (2, 5)
 
 
@@ -89,3 +93,42 @@ def test_resnet_weights_file_is_checked_and_loaded(tmp_path: Path) -> None:
     assert torch.equal(backbone.body[0].weight, state["conv1.weight"])
     with pytest.raises(IgcamError, match="unknown backbone"):
         build_backbone("unknown-net")
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_registered_backbone_keeps_the_contract(name: str) -> None:
+    """What CamNet, the FPN neck and ``influence --params layer4`` rely on, for every family."""
+    backbone = build_backbone(name, pretrained=False).eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        final = backbone(x)
+        maps = backbone.stages(x)
+    assert final.shape == (1, backbone.out_channels, 4, 6)  # output stride 16
+    assert [m.shape for m in maps] == [(1, c, 64 // s, 96 // s) for c, s in
+                                       zip(backbone.stage_channels, (4, 8, 16, 16), strict=True)]
+    assert backbone.stage_channels[-1] == backbone.out_channels
+    torch.testing.assert_close(maps[-1], final)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+    assert len(backbone.mean) == 3 and len(backbone.std) == 3
+    everything = {id(p) for p in backbone.parameters()}
+    last = [id(p) for p in backbone.last_stage_parameters()]
+    assert last and set(last) <= everything
+    assert {id(p) for p in backbone.frozen_parameters()} <= everything
+    assert default_lr(name) > 0
+
+
+def test_backbone_names_are_listed_in_registration_order_and_unique() -> None:
+    assert list(BACKBONES) == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2",
+                               "resnet50", "resnet101"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register("resnet50", BackboneSpec(BACKBONES["resnet50"].build, "again", 0.1))
+    with pytest.raises(IgcamError, match="choose from efficientnet-lite0, .*, resnet101"):
+        default_lr("unknown-net")
+
+
+def test_weights_manifest_ships_with_the_package_and_the_folder_can_be_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert {"efficientnet-lite0", "resnet50", "resnet101"} <= set(weights_manifest())
+    monkeypatch.setenv("IGCAM_WEIGHTS_DIR", str(tmp_path))
+    assert weights_dir() == tmp_path

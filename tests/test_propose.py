@@ -14,15 +14,16 @@ from conftest import igcam
 from PIL import Image
 from torchvision.ops import box_iou
 
+from igcam_cli.artifacts import read_npz
 from igcam_cli.datasets import DatasetSpec
 from igcam_cli.errors import IgcamError
-from igcam_cli.steps.propose import ProposeConfig, load_proposals, propose
+from igcam_cli.steps.propose import ProposeConfig, propose
 
 
 def _run(tiny_voc: Path, out: Path, **options: object) -> list[dict[str, np.ndarray]]:
     propose(ProposeConfig(run=out.parent, dataset=DatasetSpec(voc=tiny_voc), out=out,
                           **options))
-    return [load_proposals(p) for p in sorted(out.glob("*.npz"))]
+    return [read_npz(p) for p in sorted(out.glob("*.npz"))]
 
 
 def test_boxes_are_inside_filtered_suppressed_and_capped(tiny_voc: Path, tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_boxes_map_back_to_the_original_pixels(tmp_path: Path) -> None:
     # The search sees a 100 x 75 copy, where the rectangle spans x 27.5..71, y 18.75..51.
     propose(ProposeConfig(run=tmp_path, dataset=DatasetSpec(images=folder), out=out, size=100,
                           mode="single"))
-    data = load_proposals(out / "rect.npz")
+    data = read_npz(out / "rect.npz")
     assert data["size"].tolist() == [600, 800]
     truth = torch.tensor([[220.0, 150.0, 570.0, 410.0]])
     assert box_iou(torch.from_numpy(data["boxes"]).float(), truth).max() > 0.7

@@ -6,20 +6,14 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from conftest import TRAIN, igcam
 
-from igcam_cli.artifacts import sha256_file
-from igcam_cli.models import CamNet, build_backbone
-from igcam_cli.steps.cam import load_cam
-from igcam_cli.steps.train_cls import (
-    SelfSupConfig,
-    _normalised,
-    frozen_copy,
-    mam_loss,
-    rcm_loss,
-    selfsup_loss,
-)
+from igcam_cli.artifacts import read_npz, sha256_file
+from igcam_cli.backbones import build_backbone
+from igcam_cli.models import CamNet
+from igcam_cli.training.losses import frozen_copy, mam_loss, rcm_loss
+from igcam_cli.training.selfsup import SelfSupConfig, selfsup_loss
+from igcam_cli.transforms import normalise
 
 
 def _blob() -> torch.Tensor:
@@ -53,7 +47,7 @@ def test_mam_gradient_moves_the_cam_to_the_target() -> None:
         mam_loss(cams, guide, target).backward()
         optimizer.step()
         cams.data.clamp_(min=0)  # CAMs are ReLU'd
-    after = (_normalised(cams.detach()) - guide)[0, 0].abs().mean().item()
+    after = (normalise(cams.detach()) - guide)[0, 0].abs().mean().item()
     assert before > 0.3 and after < 0.05
 
 
@@ -66,11 +60,13 @@ def test_rcm_is_lower_when_region_features_agree_with_their_prototype() -> None:
     features[0, 2, 4:] = 1.0
     features += 0.05 * torch.randn(features.shape, generator=torch.Generator().manual_seed(0))
     shuffled = features.flatten(2)[..., torch.randperm(64)].view_as(features)
-    options = SelfSupConfig(pixels=8)
-    agree, mixed = rcm_loss(features, guide, options), rcm_loss(shuffled, guide, options)
+    defaults = SelfSupConfig()
+    options = {"threshold": defaults.rcm_threshold, "bg_threshold": defaults.rcm_bg_threshold,
+               "temperature": defaults.rcm_temperature, "pixels": 8}
+    agree, mixed = rcm_loss(features, guide, **options), rcm_loss(shuffled, guide, **options)
     assert agree < 0.05 and mixed > 0.5  # log(3) ~ 1.1 when the prototypes carry no signal
     one_region = torch.ones(1, 1, 8, 8)  # nothing to contrast with: no loss, no NaN
-    assert rcm_loss(features, one_region, options) == 0
+    assert rcm_loss(features, one_region, **options) == 0
 
 
 def test_support_net_stays_frozen_while_the_main_net_learns() -> None:
@@ -81,7 +77,7 @@ def test_support_net_stays_frozen_while_the_main_net_learns() -> None:
     optimizer = torch.optim.SGD(model.param_groups(0.1, 10.0, 0.0), lr=0.1)
     batch, target = torch.rand(2, 3, 32, 32), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     features = model.features(batch)
-    cams = F.relu(F.conv2d(features, model.classifier.weight))
+    cams = model.cam(features)
     loss = selfsup_loss(support, batch, features, cams, target, SelfSupConfig(rcm_weight=1.0))
     loss.backward()
     optimizer.step()
@@ -105,7 +101,7 @@ def test_selfsup_stage_writes_a_classifier_cam_can_use(trained_run: Path, tiny_v
     assert (folder / "epoch-001.pt").is_file()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["stage"] == "self-sup"
-    assert manifest["config"]["selfsup"]["scales"] == [0.5, 1.0]
+    assert manifest["config"]["selfsup"]["mam_scales"] == [0.5, 1.0]
     trained = torch.load(checkpoint, weights_only=True)["model"]
     start = torch.load(stage1, weights_only=True)["model"]
     assert not torch.equal(trained["classifier.weight"], start["classifier.weight"])
@@ -114,7 +110,7 @@ def test_selfsup_stage_writes_a_classifier_cam_can_use(trained_run: Path, tiny_v
                    "--out", out, "--scales", "1.0", "--no-flip", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     files = sorted(out.glob("*.npz"))
-    assert len(files) == 24 and load_cam(files[0])["cams"].shape[1:] == (64, 64)
+    assert len(files) == 24 and read_npz(files[0])["cams"].shape[1:] == (64, 64)
 
 
 def test_unknown_stage_is_a_one_line_error(tmp_path: Path, tiny_voc: Path) -> None:

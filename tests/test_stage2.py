@@ -10,7 +10,8 @@ from conftest import TRAIN, igcam
 
 from igcam_cli.artifacts import sha256_file
 from igcam_cli.datasets import Sample
-from igcam_cli.steps.train_cls import boundary_loss, influence_weights
+from igcam_cli.training.finetune import influence_weights
+from igcam_cli.training.losses import boundary_loss
 
 
 def test_influence_weights_downweight_harmful_images() -> None:
@@ -50,4 +51,4 @@ def test_stage2_fine_tunes_into_its_own_folder(trained_run: Path, tiny_voc: Path
     manifest = json.loads((folder / "manifest.json").read_text())
     weights = manifest["sample_weights"]
     assert weights["min"] < 1 < weights["max"]
-    assert manifest["config"]["stage"] == 2
+    assert manifest["config"]["stage"] == "2"

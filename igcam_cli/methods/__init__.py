@@ -1,48 +1,31 @@
 """CAM methods beyond the plain multi-scale CAM, selected by ``igcam cam --method``.
 
-Every method is a module here with a ``build(context) -> PerImage`` function. ``build`` runs
-once per ``igcam cam`` call and does the method's setup (reading proposals' folder, computing
-prototypes, checking options); the returned function maps one image's max-normalised CAMs to
-the method's maps. Methods chain with ``+``: ``lpcam+igcam`` feeds LPCAM's maps to the
-instance-guided fusion as its base, so a combination is an option, not another code path.
+Each method is a :class:`~igcam_cli.methods.base.CamMethod` subclass in a module of its own,
+listed once in :data:`METHODS`. Methods chain with ``+``: ``lpcam+igcam`` feeds LPCAM's maps to
+the instance-guided fusion as its base, so a combination is an option, not another code path.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from igcam_cli.datasets import Dataset, Sample
+from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
-from igcam_cli.models import CamNet
+from igcam_cli.methods.base import CamMethod, MethodContext
+from igcam_cli.methods.ccam import ClassConditional
+from igcam_cli.methods.cpmc import Cpmc
+from igcam_cli.methods.igcam import InstanceGuided
+from igcam_cli.methods.lpcam import Lpcam
 
-if TYPE_CHECKING:
-    from igcam_cli.steps.cam import CamConfig
-
-# (sample, image (3, H, W) in [0, 1], normalised maps (K, H, W) of ``classes``, classes)
-#   -> the method's normalised maps (K, H, W) of the same classes
-PerImage = Callable[[Sample, torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
-
-METHODS: dict[str, str] = {  # --method name -> module with build()
-    "igcam": "igcam_cli.methods.igcam",
-    "lpcam": "igcam_cli.methods.lpcam",
-    "ccam": "igcam_cli.methods.ccam",
-    "cpmc": "igcam_cli.methods.cpmc",
-}
-
-
-@dataclass
-class MethodContext:
-    """What a method may use besides the image; built once per ``igcam cam`` call."""
-
-    model: CamNet
-    device: torch.device
-    config: CamConfig  # the run directory, scales, flip and every method's options
-    dataset: Dataset  # the images being processed (with labels, when known)
+METHODS: dict[str, type[CamMethod]] = {method.name: method for method in (
+    InstanceGuided,
+    Lpcam,
+    ClassConditional,
+    Cpmc,
+)}
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -55,16 +38,23 @@ def parse_methods(spec: str) -> list[str]:
     return names
 
 
-def build_methods(names: list[str], context: MethodContext) -> PerImage | None:
-    """Set up each named method and chain them; None for the plain CAM."""
-    stages = [importlib.import_module(METHODS[n]).build(context) for n in names]
-    if not stages:
-        return None
+class Chain:
+    """Methods applied in turn, each to the maps of the one before."""
 
-    def chained(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-                classes: list[int]) -> torch.Tensor:
-        for stage in stages:
+    def __init__(self, names: list[str], context: MethodContext,
+                 options: Mapping[str, Any]) -> None:
+        self.stages = [METHODS[n](context, options.get(n)) for n in names]
+
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        for stage in self.stages:
             cams = stage(sample, image, cams, classes)
         return cams
 
-    return chained
+
+def method_help() -> str:
+    """The ``--method`` help: one line per registered method."""
+    return " ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
+
+
+__all__ = ["METHODS", "CamMethod", "Chain", "MethodContext", "method_help", "parse_methods"]

@@ -33,21 +33,50 @@ import torch
 
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
-from igcam_cli.methods import MethodContext, PerImage
-from igcam_cli.methods.cam import multiscale_cam, normalise
+from igcam_cli.methods.base import CamMethod
+from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import CamNet
-from igcam_cli.transforms import resize, scaled_size
+from igcam_cli.options import option
+from igcam_cli.transforms import normalise, resize, scaled_size
 
 
 @dataclass(frozen=True)
 class CcamConfig:
-    rounds: int = 5  # hide-and-re-run passes per class, at most (0: crops only)
-    fill_threshold: float = 0.7  # map values above this are hidden in the next pass
-    min_gain: float = 0.02  # stop a class when a pass hides less than this share of the image
-    min_score: float = 0.5  # stop a class when the hidden image's probability for it is lower
-    crops: bool = True  # fuse the CAMs of four crops around the centres of mass
-    crop_margin: float = 0.1  # how far crops reach past the split point, as a share of the side
-    crop_size: int | None = None  # long side the crops are zoomed to (None: the image's)
+    rounds: int = option(
+        5, "Most hide-and-re-run passes per class; each costs one more multi-scale CAM (0: "
+           "crops only).", min=0)
+    fill_threshold: float = option(
+        0.7, "Pixels whose map is above this are filled with the image's mean colour before "
+             "the next pass.")
+    min_gain: float = option(
+        0.02, "Stop a class early when a pass adds less than this share of the image to its "
+              "found area.")
+    min_score: float = option(
+        0.5, "Stop a class early when the classifier's probability for it on the hidden image "
+             "falls below this (nothing of the class is left to reveal).")
+    crops: bool = option(
+        True, "Also fuse the CAMs of four corner crops meeting at the classes' centres of mass "
+              "(4 more multi-scale CAMs per image).")
+    crop_margin: float = option(
+        0.1, "How far each crop reaches past the centres of mass, as a share of the image side "
+             "(0..0.5).")
+    crop_size: int | None = option(
+        None, "Long side the crops are zoomed to before their CAM. Default: the image's long "
+              "side.", min=32)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise IgcamError("--ccam-rounds must be 0 or more")
+        if not 0 < self.fill_threshold < 1:
+            raise IgcamError("--ccam-fill-threshold must be between 0 and 1 (exclusive)")
+        if not 0 <= self.min_gain < 1:
+            raise IgcamError("--ccam-min-gain must be at least 0 and below 1")
+        if not 0 <= self.min_score < 1:
+            raise IgcamError("--ccam-min-score must be at least 0 and below 1")
+        if not 0 <= self.crop_margin <= 0.5:
+            raise IgcamError("--ccam-crop-margin must be between 0 and 0.5")
+        if self.crop_size is not None and self.crop_size < 32:
+            raise IgcamError("--ccam-crop-size must be at least 32 pixels")
 
 
 @torch.inference_mode()
@@ -120,25 +149,15 @@ def class_conditional(model: CamNet, image: torch.Tensor, cams: torch.Tensor, cl
     return normalise(maps)
 
 
-def build(context: MethodContext) -> PerImage:
-    """Check the options once; every image then runs :func:`class_conditional`."""
-    config = context.config.ccam
-    if config.rounds < 0:
-        raise IgcamError("--ccam-rounds must be 0 or more")
-    if not 0 < config.fill_threshold < 1:
-        raise IgcamError("--ccam-fill-threshold must be between 0 and 1 (exclusive)")
-    if not 0 <= config.min_gain < 1:
-        raise IgcamError("--ccam-min-gain must be at least 0 and below 1")
-    if not 0 <= config.min_score < 1:
-        raise IgcamError("--ccam-min-score must be at least 0 and below 1")
-    if not 0 <= config.crop_margin <= 0.5:
-        raise IgcamError("--ccam-crop-margin must be between 0 and 0.5")
-    if config.crop_size is not None and config.crop_size < 32:
-        raise IgcamError("--ccam-crop-size must be at least 32 pixels")
-    scales, flip = context.config.scales, context.config.flip
+class ClassConditional(CamMethod):
+    """``--method ccam``: every image runs :func:`class_conditional`."""
 
-    def infer(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-              classes: list[int]) -> torch.Tensor:
-        return class_conditional(context.model, image, cams, classes, scales, flip, config)
+    name = "ccam"
+    Options = CcamConfig
+    summary = ("class-conditional inference: hide what was found and re-run, plus crops "
+               "around the objects (up to rounds x classes + 4 more CAMs per image).")
 
-    return infer
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        return class_conditional(self.context.model, image, cams, classes, self.context.scales,
+                                 self.context.flip, self.options)

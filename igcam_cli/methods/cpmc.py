@@ -53,21 +53,50 @@ import torch.nn.functional as F
 
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
-from igcam_cli.methods import MethodContext, PerImage
-from igcam_cli.methods.cam import normalise, views
+from igcam_cli.methods.base import CamMethod
+from igcam_cli.methods.multiscale import views
 from igcam_cli.models import CamNet
-from igcam_cli.transforms import resize
+from igcam_cli.options import option
+from igcam_cli.transforms import normalise, resize
 
 
 @dataclass(frozen=True)
 class CpmcConfig:
-    beta: float = 8.0  # power that sharpens the feature affinity
-    iterations: int = 2  # affinity propagation steps of the classifier CAM
-    threshold: float = 0.5  # 'high': confident region of a (refined or prototype) map
-    margin: float = 0.3  # how far the two maps must differ to count as a disagreement
-    prototype_weight: float = 0.5  # share of the prototype CAM in the calibrated map
-    complete: float = 1.0  # weight of the similarity to missed parts, added
-    suppress: float = 0.25  # weight of the similarity to spurious regions, subtracted
+    beta: float = option(
+        8.0, "Power of the feature affinity (cosine similarity); higher keeps the CAM from "
+             "spreading beyond positions that look alike.")
+    iterations: int = option(
+        2, "Affinity propagation steps that refine the CAM before its prototype is taken (0: "
+           "none).", min=0)
+    threshold: float = option(
+        0.5, "A map above this is confident: the refined CAM there gives the class prototype, "
+             "and it marks the 'high' side of a disagreement.")
+    margin: float = option(
+        0.3, "How far one map must exceed the other to count as a disagreement: prototype map "
+             "above the CAM is a missed object part (added), CAM above the prototype map is "
+             "background (subtracted).")
+    prototype_weight: float = option(
+        0.5, "Share of the prototype map, against the refined CAM, in the calibrated map, 0..1.")
+    complete: float = option(
+        1.0, "Weight of the similarity to the object parts the CAM missed, added to complete "
+             "the object.", min=0)
+    suppress: float = option(
+        0.25, "Weight of the similarity to where the CAM fires unlike its prototype, "
+              "subtracted to remove background.", min=0)
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise IgcamError("--cpmc-beta must be positive")
+        if self.iterations < 0:
+            raise IgcamError("--cpmc-iterations must be 0 or more")
+        if not 0 < self.threshold < 1:
+            raise IgcamError("--cpmc-threshold must be between 0 and 1")
+        if not 0 <= self.margin < 1:
+            raise IgcamError("--cpmc-margin must be between 0 and 1")
+        if not 0 <= self.prototype_weight <= 1:
+            raise IgcamError("--cpmc-prototype-weight must be between 0 and 1")
+        if self.complete < 0 or self.suppress < 0:
+            raise IgcamError("--cpmc-complete and --cpmc-suppress must be 0 or more")
 
 
 @torch.inference_mode()
@@ -131,24 +160,14 @@ def cpmc(model: CamNet, image: torch.Tensor, cams: torch.Tensor, config: CpmcCon
     return normalise(resize(calibrated[None], tuple(cams.shape[1:]))[0])
 
 
-def build(context: MethodContext) -> PerImage:
-    """Check the options; the calibration needs nothing but the classifier."""
-    config = context.config.cpmc
-    if config.beta <= 0:
-        raise IgcamError("--cpmc-beta must be positive")
-    if config.iterations < 0:
-        raise IgcamError("--cpmc-iterations must be 0 or more")
-    if not 0 < config.threshold < 1:
-        raise IgcamError("--cpmc-threshold must be between 0 and 1")
-    if not 0 <= config.margin < 1:
-        raise IgcamError("--cpmc-margin must be between 0 and 1")
-    if not 0 <= config.prototype_weight <= 1:
-        raise IgcamError("--cpmc-prototype-weight must be between 0 and 1")
-    if config.complete < 0 or config.suppress < 0:
-        raise IgcamError("--cpmc-complete and --cpmc-suppress must be 0 or more")
+class Cpmc(CamMethod):
+    """``--method cpmc``: the calibration needs nothing but the classifier."""
 
-    def calibrated(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-                   classes: list[int]) -> torch.Tensor:
-        return cpmc(context.model, image, cams, config, context.config.flip)
+    name = "cpmc"
+    Options = CpmcConfig
+    summary = ("classifier-prototype mutual calibration: an affinity-refined CAM and a "
+               "prototype CAM correct each other, adding missed parts and removing background.")
 
-    return calibrated
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        return cpmc(self.context.model, image, cams, self.options, self.context.flip)

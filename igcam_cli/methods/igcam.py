@@ -23,29 +23,40 @@ was within 0.5 of 10-40, and a box weight of 0.5 beat 0.4 and 0.6.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-from igcam_cli.artifacts import RunDir
+from igcam_cli.artifacts import influence_maps, read_npz
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
-from igcam_cli.methods import MethodContext, PerImage
-from igcam_cli.methods.cam import normalise
+from igcam_cli.methods.base import CamMethod, MethodContext
 from igcam_cli.models import CamNet
+from igcam_cli.options import option
+from igcam_cli.transforms import normalise
 
 BOX_SCORES = ("crop", "roi")
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    box_scores: str = "crop"
-    candidates: int = 50  # proposals scored per image (best-ranked first)
-    top: int = 20  # boxes per class whose evidence is spread
-    box_weight: float = 0.5  # share of the box evidence in the fused map
-    crop_size: int = 192  # side of the crops classified in crop mode
+    proposals: Path | None = option(None, "Proposal folder (default RUN/propose).")
+    box_scores: str = option(
+        "crop", "crop (classify each box's crop) or roi (RoI-align the feature map; faster, "
+                "weaker).")
+    candidates: int = option(50, "Best-ranked proposals scored per image.", min=1)
+    top: int = option(20, "Boxes per class whose evidence is spread.", min=1)
+    box_weight: float = option(0.5, "Share of the box evidence in the fused map, 0..1.")
+    crop_size: int = option(192, "Side of the box crops in crop mode.", min=32)
     batch: int = 50  # crops per forward pass
+
+    def __post_init__(self) -> None:
+        if self.box_scores not in BOX_SCORES:
+            raise IgcamError(f"--igcam-box-scores must be one of {', '.join(BOX_SCORES)}")
+        if not 0 <= self.box_weight <= 1:
+            raise IgcamError("--igcam-box-weight must be between 0 and 1")
 
 
 @torch.inference_mode()
@@ -61,10 +72,9 @@ def box_probabilities(model: CamNet, image: torch.Tensor, boxes: torch.Tensor,
                             for c in crops.split(config.batch)])
     else:
         features = model.features(image[None])
-        pooled = roi_align(features, rois, output_size=(4, 4),
-                           spatial_scale=features.shape[-1] / image.shape[-1], sampling_ratio=2,
-                           aligned=True).mean(dim=(2, 3), keepdim=True)
-        logits = model.classifier(pooled).flatten(1)
+        logits = model.logits(roi_align(features, rois, output_size=(4, 4),
+                                        spatial_scale=features.shape[-1] / image.shape[-1],
+                                        sampling_ratio=2, aligned=True))
     return torch.sigmoid(logits.float())
 
 
@@ -112,36 +122,33 @@ def instance_guided(model: CamNet, image: torch.Tensor, cams: torch.Tensor, clas
     return normalise(fused)
 
 
-def build(context: MethodContext) -> PerImage:
-    """The fusion for one image, reading its proposals (and influence maps) from disk."""
-    from igcam_cli.steps.influence import load_influence_map
-    from igcam_cli.steps.propose import load_proposals
+class InstanceGuided(CamMethod):
+    """``--method igcam``: the fusion for each image, reading its proposals (and influence
+    maps, with ``--influence``) from disk."""
 
-    config = context.config
-    if config.guidance.box_scores not in BOX_SCORES:
-        raise IgcamError(f"--box-scores must be one of {', '.join(BOX_SCORES)}")
-    if not 0 <= config.guidance.box_weight <= 1:
-        raise IgcamError("--box-weight must be between 0 and 1")
-    proposals = config.proposals or RunDir(config.run).step("propose")
-    if not proposals.is_dir():
-        raise IgcamError(f"--method igcam needs proposals: {proposals} not found "
-                         "(run `igcam propose` first or pass --proposals DIR)")
-    maps_dir = None if config.influence is None else config.influence / "maps"
-    if maps_dir is not None and not maps_dir.is_dir():
-        raise IgcamError(f"{maps_dir} not found (run `igcam influence` first)")
+    name = "igcam"
+    Options = GuidanceConfig
+    summary = ("CAM fused with the evidence of object proposals (needs `igcam propose`; "
+               "--influence also weights the boxes by the spatial influence maps).")
 
-    def guide(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-              classes: list[int]) -> torch.Tensor:
-        path = proposals / f"{sample.id}.npz"
+    def __init__(self, context: MethodContext, options: GuidanceConfig | None = None) -> None:
+        super().__init__(context, options)
+        self.proposals = self.options.proposals or context.run.step("propose")
+        if not self.proposals.is_dir():
+            raise IgcamError(f"--method igcam needs proposals: {self.proposals} not found "
+                             "(run `igcam propose` first or pass --igcam-proposals DIR)")
+        self.maps = None if context.influence is None else influence_maps(context.influence)
+
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        path = self.proposals / f"{sample.id}.npz"
         if not path.is_file():
-            raise ImageProblem(f"{sample.image}: no proposals in {proposals}")
-        boxes = torch.from_numpy(load_proposals(path)["boxes"])
+            raise ImageProblem(f"{sample.image}: no proposals in {self.proposals}")
+        boxes = torch.from_numpy(read_npz(path)["boxes"])
         influence = None
-        if maps_dir is not None:
-            stored = load_influence_map(maps_dir / f"{sample.id}.npz")
+        if self.maps is not None:
+            stored = read_npz(self.maps / f"{sample.id}.npz")
             rows = [stored["classes"].tolist().index(c) for c in classes]
             influence = torch.from_numpy(stored["maps"][rows].astype(np.float32))
-        return instance_guided(context.model, image, cams, classes, boxes, config.guidance,
+        return instance_guided(self.context.model, image, cams, classes, boxes, self.options,
                                influence)
-
-    return guide

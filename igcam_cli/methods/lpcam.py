@@ -24,8 +24,8 @@ object (wings, legs). LPCAM keeps the local features instead of pooling them:
    to c and scores low against the class prototypes anyway.
 4. The map of an image: per labelled class, mean cosine similarity of each pixel's feature to
    the class prototypes minus that to the context prototypes, ReLU, at the CAM's scales and
-   flips (:func:`igcam_cli.methods.cam.multiscale_maps`), summed and max-normalised. A mean of
-   cosine similarities is the dot product of the unit feature with the mean of the unit
+   flips (:func:`igcam_cli.methods.multiscale.multiscale_maps`), summed and max-normalised. A
+   mean of cosine similarities is the dot product of the unit feature with the mean of the unit
    prototypes, so each class reduces to one vector on L2-normalised features and the map costs
    a 1x1 convolution, like the CAM.
 
@@ -44,38 +44,50 @@ import torch
 import torch.nn.functional as F
 
 from igcam_cli.artifacts import (
-    RunDir,
+    PROTOTYPES_FILE,
     StepRecord,
     ensure_dir,
     fingerprint,
+    jsonable,
     read_manifest,
     remove_stale_temps,
     sha256_file,
     write_torch,
 )
 from igcam_cli.datasets import Sample
-from igcam_cli.errors import IgcamError, ImageProblem
-from igcam_cli.images import read_image
-from igcam_cli.methods import MethodContext, PerImage
-from igcam_cli.methods.cam import Head, multiscale_maps, normalise, views
+from igcam_cli.errors import IgcamError
+from igcam_cli.methods.base import CamMethod, MethodContext
+from igcam_cli.methods.multiscale import Head, multiscale_maps, views
 from igcam_cli.models import CamNet
-from igcam_cli.runner import console, track
-from igcam_cli.transforms import to_tensor
+from igcam_cli.options import option
+from igcam_cli.runner import console, readable, track
+from igcam_cli.transforms import normalise, to_tensor
 
 FOREGROUND = 0.1  # normalised CAM above which a feature is its class's foreground
 CLASS_MIN = 0.9  # softmax of a foreground centre for its class to be a class prototype
 CONTEXT_RANGE = (0.05, 0.9)  # softmax range of a background centre to be a context prototype
-PROTOTYPES_FILE = "prototypes.pt"
 STORE_DTYPE = torch.float16  # pooled features: half the memory, ample for clustering
 
 
 @dataclass(frozen=True)
 class LpcamConfig:
-    prototypes: Path | None = None  # default RUN/prototypes
-    k: int = 12  # k-means centres per class and per foreground/background
-    samples: int = 10000  # features kept per class and per foreground/background
-    iters: int = 50  # k-means rounds at most (background converges slowly)
-    seed: int = 0
+    prototypes: Path | None = option(
+        None, "Prototype folder, read if it holds prototypes of this checkpoint and these "
+              "options, else built there from the labelled images (default RUN/prototypes).")
+    k: int = option(
+        12, "k-means centres per class, for its foreground and for its background.", min=1)
+    samples: int = option(
+        10000, "Features kept per class and per foreground/background (a uniform random "
+               "sample), which bounds the memory of building prototypes.", min=1)
+    iters: int = option(50, "Most k-means rounds (background converges slowly).", min=1)
+    seed: int = option(0, "Seed of the feature sampling and the k-means initialisation.")
+
+    def __post_init__(self) -> None:
+        for name in ("k", "samples", "iters"):
+            if getattr(self, name) < 1:
+                raise IgcamError(f"--lpcam-{name} must be at least 1")
+        if self.samples < self.k:
+            raise IgcamError("--lpcam-samples must be at least --lpcam-k")
 
 
 class Reservoir:
@@ -163,8 +175,7 @@ def collect(model: CamNet, images: Iterable[tuple[torch.Tensor, list[int]]], fli
     peak = 0
     for image, classes in images:
         features = model.features(views(image, 1.0, flip)).float()
-        cams = torch.relu(F.conv2d(features, model.classifier.weight[classes].float()))
-        foreground = normalise(cams.flatten(0, 1)).view_as(cams) > FOREGROUND
+        foreground = normalise(model.cam(features, classes)) > FOREGROUND
         rows = features.permute(0, 2, 3, 1).flatten(0, 2)  # (views * h * w, D)
         for index, c in enumerate(classes):
             inside = foreground[:, index].flatten()
@@ -258,40 +269,21 @@ def lpcam_maps(model: CamNet, image: torch.Tensor, vectors: torch.Tensor,
     return normalise(multiscale_maps(model, image, scales, flip, lpcam_head(vectors)))
 
 
-def _check(options: LpcamConfig) -> None:
-    for name in ("k", "samples", "iters"):
-        if getattr(options, name) < 1:
-            raise IgcamError(f"--lpcam-{name} must be at least 1")
-    if options.samples < options.k:
-        raise IgcamError("--lpcam-samples must be at least --lpcam-k")
-
-
-def _readable(samples: list[Sample], device: torch.device, record: StepRecord, strict: bool
-              ) -> Iterator[tuple[torch.Tensor, list[int]]]:
-    """The images with their classes; an unreadable one is warned about, unless ``strict``."""
-    for sample in track(samples, len(samples), "lpcam: features"):
-        try:
-            image = to_tensor(read_image(sample.image)).to(device)
-        except ImageProblem as problem:
-            if strict:
-                raise
-            record.warn(str(problem))
-            console.print(f"[yellow]warning:[/] {problem}")
-            continue
+def _images(samples: list[Sample], device: torch.device, record: StepRecord, strict: bool
+            ) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """The readable images (on ``device``) with their classes."""
+    for sample, image in readable(track(samples, len(samples), "lpcam: features"), record,
+                                  strict):
         record.count("images")
-        yield image, list(sample.labels or ())
+        yield to_tensor(image).to(device), list(sample.labels or ())
 
 
-def _prototypes(context: MethodContext) -> dict[str, torch.Tensor]:
+def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.Tensor]:
     """Load the run's prototypes, or compute and store them when absent or made otherwise."""
-    from igcam_cli.steps.cam import checkpoint_path
-    from igcam_cli.steps.train_cls import _jsonable
-
-    config, options = context.config, context.config.lpcam
-    folder = options.prototypes or RunDir(config.run).step("prototypes")
-    recipe = {"checkpoint_sha256": sha256_file(checkpoint_path(config)),
+    folder = options.prototypes or context.run.step("prototypes")
+    recipe = {"checkpoint_sha256": sha256_file(context.checkpoint),
               **{k: v for k, v in asdict(options).items() if k != "prototypes"},
-              "flip": config.flip, "foreground": FOREGROUND, "class_min": CLASS_MIN,
+              "flip": context.flip, "foreground": FOREGROUND, "class_min": CLASS_MIN,
               "context_range": list(CONTEXT_RANGE)}
     manifest = read_manifest(folder)
     if manifest is not None and (folder / PROTOTYPES_FILE).is_file():
@@ -311,13 +303,12 @@ def _prototypes(context: MethodContext) -> dict[str, torch.Tensor]:
                          "dataset has none: use --voc or --labels, or pass --lpcam-prototypes")
     ensure_dir(folder)
     remove_stale_temps(folder)
-    record = StepRecord("prototypes", _jsonable(asdict(options)))
-    record.inputs = {"dataset": config.dataset.describe(),
-                     "checkpoint": str(checkpoint_path(config)),
+    record = StepRecord("prototypes", jsonable(asdict(options)))
+    record.inputs = {"checkpoint": str(context.checkpoint),
                      "images_fingerprint": fingerprint(s.id for s in samples)}
     tensors, report = make_prototypes(
-        context.model, _readable(samples, context.device, record, config.strict), options,
-        config.flip)
+        context.model, _images(samples, context.device, record, context.strict), options,
+        context.flip)
     names = context.dataset.class_names
     record.counts.update(peak_features_held=report["peak_features_held"],
                          features_seen=report["features_seen"])
@@ -330,24 +321,31 @@ def _prototypes(context: MethodContext) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def build(context: MethodContext) -> PerImage:
-    """LPCAM maps of one image from the run's prototypes (computed here on first use)."""
-    config = context.config
-    _check(config.lpcam)
-    vectors, present = class_vectors(_prototypes(context), context.dataset.num_classes)
-    vectors = vectors.to(context.device)
-    missing = [context.dataset.class_names[c] for c in range(len(present)) if not present[c]]
-    if missing:
-        console.print(f"lpcam: no prototypes for {', '.join(missing)}; their maps stay CAMs")
+class Lpcam(CamMethod):
+    """``--method lpcam``: maps from the run's prototypes (computed on first use)."""
 
-    def lpcam(sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-              classes: list[int]) -> torch.Tensor:
-        rows = [i for i, c in enumerate(classes) if present[c]]
+    name = "lpcam"
+    Options = LpcamConfig
+    summary = ("similarity to class prototypes clustered from the training images' local "
+               "features (built once into RUN/prototypes).")
+
+    def __init__(self, context: MethodContext, options: LpcamConfig | None = None) -> None:
+        super().__init__(context, options)
+        vectors, self.present = class_vectors(prototypes(context, self.options),
+                                              context.dataset.num_classes)
+        self.vectors = vectors.to(context.device)
+        names = context.dataset.class_names
+        missing = [names[c] for c in range(len(self.present)) if not self.present[c]]
+        if missing:
+            console.print(f"lpcam: no prototypes for {', '.join(missing)}; their maps stay CAMs")
+
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        rows = [i for i, c in enumerate(classes) if self.present[c]]
         if not rows:
             return cams
         maps = cams.clone()
-        maps[rows] = lpcam_maps(context.model, image, vectors[[classes[i] for i in rows]],
-                                config.scales, config.flip).to(maps.dtype)
+        maps[rows] = lpcam_maps(self.context.model, image,
+                                self.vectors[[classes[i] for i in rows]], self.context.scales,
+                                self.context.flip).to(maps.dtype)
         return maps
-
-    return lpcam

@@ -6,108 +6,92 @@ classes the classifier predicts), each divided by its maximum. Saved as ``<id>.n
 ``classes`` (0-based class ids), ``cams`` (float16, K x H x W), ``scores`` (sigmoid of all
 classes) and ``image`` (the source path, so later steps need no dataset options).
 
-``--method NAME`` passes these maps through a method of :mod:`igcam_cli.methods` (one module
-each; ``a+b`` chains them), e.g. ``igcam`` fuses them with the class evidence of the image's
-object proposals. Methods other than ``cam`` write to ``RUN/cam-<method>`` so that one run
-directory holds every method side by side.
+``--method NAME`` passes these maps through a method of :mod:`igcam_cli.methods` (one class
+each, with its own ``--NAME-*`` options; ``a+b`` chains them), e.g. ``igcam`` fuses them with
+the class evidence of the image's object proposals. Methods other than ``cam`` write to
+``RUN/cam-<method>`` so that one run directory holds every method side by side.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from igcam_cli.artifacts import (
-    RunDir,
-    Shard,
-    StepRecord,
-    ensure_dir,
-    fingerprint,
-    remove_stale_temps,
-    sha256_file,
-    write_npz,
-)
+from igcam_cli import options
+from igcam_cli.artifacts import RunDir, Shard, fingerprint, sha256_file, write_cam
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
-from igcam_cli.methods import MethodContext, build_methods, parse_methods
-from igcam_cli.methods.cam import LevelFusionConfig, build_cam, normalise
-from igcam_cli.methods.ccam import CcamConfig
-from igcam_cli.methods.cpmc import CpmcConfig
-from igcam_cli.methods.igcam import GuidanceConfig
-from igcam_cli.methods.lpcam import LpcamConfig
-from igcam_cli.models import check_classes, load_classifier, resolve_device
-from igcam_cli.runner import console, run_per_image
-from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
-from igcam_cli.transforms import to_tensor
+from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
+from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams
+from igcam_cli.models import check_classes, load_classifier
+from igcam_cli.options import option
+from igcam_cli.runner import ImageStep, resolve_device
+from igcam_cli.transforms import normalise, to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
 @dataclass
 class CamConfig:
-    run: Path
-    dataset: DatasetSpec
-    checkpoint: Path | None = None  # default RUN/train-cls/classifier.pt
-    out: Path | None = None  # default RUN/cam
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    flip: bool = True
-    use_labels: bool = True
-    score_threshold: float = 0.5
-    device: str = "auto"
-    overwrite: bool = False
-    shard: str | None = None
-    strict: bool = False
-    method: str = "cam"
-    proposals: Path | None = None  # igcam: default RUN/propose
-    influence: Path | None = None  # igcam: influence folder whose maps weight the boxes
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    lpcam: LpcamConfig = field(default_factory=LpcamConfig)  # lpcam: prototypes and k-means
-    ccam: CcamConfig = field(default_factory=CcamConfig)  # ccam: hiding rounds and crops
-    cpmc: CpmcConfig = field(default_factory=CpmcConfig)  # cpmc: affinity and calibration
-    fpn: LevelFusionConfig = field(default_factory=LevelFusionConfig)  # FPN classifiers' levels
-
-
-def checkpoint_path(config: CamConfig) -> Path:
-    """The classifier the maps come from (methods that build artifacts record its hash)."""
-    return config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
-
-
-def cam_dir(config: CamConfig) -> Path:
-    if config.out is not None:
-        return config.out
-    folder = RunDir(config.run).step("cam")
-    return folder if config.method == "cam" else folder.with_name(f"cam-{config.method}")
+    run: Path = options.run_dir()
+    dataset: DatasetSpec = options.nested(DatasetSpec)
+    checkpoint: Path | None = options.checkpoint()
+    out: Path | None = options.out("RUN/cam, or RUN/cam-METHOD for --method METHOD")
+    scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
+    flip: bool = option(True, "Add each scale's horizontal flip.")
+    use_labels: bool = option(
+        True, "Use the image-level labels when known (else the predicted classes).")
+    score_threshold: float = option(
+        0.5, "Class probability above which an unlabelled image gets a CAM for a class.")
+    method: str = option(
+        "cam", "cam: multi-scale CAM. " + method_help() + " With a classifier trained with "
+               "--fpn, every method starts from the fused CAMs of its pyramid levels "
+               "(--fpn-levels). Join methods with '+' to chain them, each taking the previous "
+               "maps as its base.")
+    influence: Path | None = option(
+        None, "An influence folder (e.g. RUN/influence) whose spatial maps igcam uses to weight "
+              "the boxes and --fpn-attention influence to weight the levels. Default: not "
+              "used.")
+    fpn: LevelFusionConfig = options.nested(LevelFusionConfig, prefix="fpn-")
+    device: str = options.device()
+    overwrite: bool = options.overwrite()
+    shard: str | None = options.shard()
+    strict: bool = options.strict()
+    # Options of the methods, by method name; a method missing here runs with its defaults.
+    method_options: dict[str, Any] = field(default_factory=dict)
 
 
 def cam(config: CamConfig) -> Path:
     """Write one CAM file per image; finished images are skipped unless ``overwrite``."""
-    shard = Shard.parse(config.shard)
     if not config.scales or any(s <= 0 for s in config.scales):
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
-    methods = parse_methods(config.method)
-
-    checkpoint = checkpoint_path(config)
+    shard = Shard.parse(config.shard)
+    names = parse_methods(config.method)
+    run = RunDir(config.run)
+    checkpoint = config.checkpoint or run.classifier()
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
     dataset = load_dataset(config.dataset, strict=config.strict)
     check_classes(payload, dataset.class_names, checkpoint)
-    compute = build_cam(model, config)
-    guide = build_methods(methods, MethodContext(model, device, config, dataset))
-    out = ensure_dir(cam_dir(config))
-    remove_stale_temps(out)
-    record = StepRecord("cam", _jsonable(asdict(config)))
-    for problem in dataset.problems:
-        record.warn(problem)
-    record.count("failed", len(dataset.problems))
-    samples = shard.select(dataset.samples)
-    record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
-                     "checkpoint_sha256": sha256_file(checkpoint),
-                     "images_fingerprint": fingerprint(s.id for s in samples)}
+    compute = base_cams(model, config.scales, config.flip, config.fpn, config.influence)
+    chain = Chain(names, MethodContext(model, device, config.scales, config.flip, dataset, run,
+                                       checkpoint, config.influence, config.strict),
+                  config.method_options)
+    # The manifest records the options of the methods that ran, not of every one registered.
+    used = {n: config.method_options.get(n) or METHODS[n].Options() for n in names}
+    step = ImageStep("cam", config.out or run.cam(config.method),
+                     replace(config, method_options=used), shard)
+    step.problems(dataset.problems)
+    samples = step.select(dataset.samples)
+    step.record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
+                          "checkpoint_sha256": sha256_file(checkpoint),
+                          "images_fingerprint": fingerprint(s.id for s in samples)}
 
     def one(sample: Sample) -> None:
         image = to_tensor(read_image(sample.image)).to(device)
@@ -116,25 +100,11 @@ def cam(config: CamConfig) -> Path:
             classes = list(sample.labels)
         else:
             classes = torch.nonzero(probs >= config.score_threshold).flatten().tolist()
-        maps = normalise(cams[classes]) if classes else cams[:0]
-        if guide is not None:
-            maps = guide(sample, image, maps, classes)
-        write_npz(out / f"{sample.id}.npz", classes=np.array(classes, dtype=np.int16),
-                  cams=maps.cpu().numpy().astype(np.float16),
-                  scores=probs.cpu().numpy().astype(np.float32),
-                  image=np.array(str(sample.image.resolve())))
+        maps = chain(sample, image, normalise(cams[classes]) if classes else cams[:0], classes)
+        write_cam(step.out / f"{sample.id}.npz", np.array(classes), maps.cpu().numpy(),
+                  probs.cpu().numpy(), sample.image)
 
-    run_per_image(samples, one, lambda s: out / f"{s.id}.npz", record,
-                  overwrite=config.overwrite, strict=config.strict, workers=1,
-                  description="cam")
-    record.save(out, shard)
-    console.print(f"cam: {record.counts.get('processed', 0)} written, "
-                  f"{record.counts.get('skipped_done', 0)} already done, "
-                  f"{record.counts.get('failed', 0)} failed -> {out}")
-    return out
+    step.run(samples, one, lambda s: step.out / f"{s.id}.npz", overwrite=config.overwrite,
+             strict=config.strict)
+    return step.finish()
 
-
-def load_cam(path: Path) -> dict[str, np.ndarray]:
-    """Read a CAM file written by :func:`cam` (no pickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}

@@ -5,21 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from igcam_cli import options
 from igcam_cli.datasets import DatasetSpec
 from igcam_cli.demo_data import make_demo_dataset
+from igcam_cli.options import option
 from igcam_cli.runner import console
 from igcam_cli.steps.run import RunConfig, run
 
 
 @dataclass
 class DemoConfig:
-    run: Path = Path("igcam-demo")
-    images: int = 240
-    size: int = 160
-    seed: int = 0
-    epochs: int = 6
-    device: str = "auto"
-    workers: int = 1
+    run: Path = option(Path("igcam-demo"), "Run directory.", short="-r")
+    images: int = option(240, "Generated images.", min=8)
+    size: int = option(160, "Image side in pixels.", min=64)
+    seed: int = option(0, "Dataset seed.")
+    epochs: int = option(6, "Classifier epochs.", min=1)
+    device: str = options.device()
+    workers: int = options.workers()
 
 
 def demo(config: DemoConfig) -> dict[str, dict]:

@@ -2,7 +2,10 @@
 
 Predictions are PNG label maps (``--pred``) or CAM files (``--cams``), the latter swept over
 background thresholds in one pass over the files. Images listed in the split but missing from
-the predictions count as all-wrong (every ground-truth pixel a miss) and are reported.
+the predictions count as all-wrong (every ground-truth pixel a miss) and are reported. The
+ground truth, split and class list are given as folders and files (``--gt``, ``--split FILE``,
+``--classes``) or taken from a dataset's format (``--voc ROOT``), which is how ``igcam run``
+evaluates.
 """
 
 from __future__ import annotations
@@ -15,29 +18,55 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir
-from igcam_cli.datasets import VOC_CLASSES, read_class_names
+from igcam_cli import options
+from igcam_cli.artifacts import StepRecord, ensure_dir, jsonable, read_npz
+from igcam_cli.datasets import DatasetFormat, DatasetSpec, class_names, dataset_format, read_split
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import IGNORE, read_label_map
+from igcam_cli.masks import peak_labels
 from igcam_cli.metrics import confusion, missing_confusion, scores
+from igcam_cli.options import option
 from igcam_cli.runner import console, track
-from igcam_cli.steps.cam import load_cam
-from igcam_cli.steps.refine import peak_labels
-from igcam_cli.steps.train_cls import _jsonable
+
+
+@dataclass(frozen=True)
+class EvalData(DatasetSpec):
+    """eval's data options: :class:`DatasetSpec`'s, except that ``--split`` has no default and
+    is a file of ids without a dataset, so ``--gt DIR`` alone still scores every prediction and
+    ``--gt DIR --split FILE`` a list of ids, as before eval knew datasets."""
+
+    split: str | None = option(
+        None, f"Split name of a dataset with splits (--voc; default {DatasetSpec.split}), else a "
+              "file of image ids to score; missing predictions count as all-wrong. Default: "
+              "every prediction in the folder.")
+
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> EvalData:
+        """The data options that evaluate a step's dataset (``igcam run``)."""
+        return cls(**vars(spec))
+
+    def spec(self) -> DatasetSpec:
+        """The spec the formats read, its split name defaulting as :class:`DatasetSpec`'s."""
+        return DatasetSpec(**{k: v for k, v in vars(self).items()
+                              if v is not None or k != "split"})
 
 
 @dataclass
 class EvalConfig:
-    gt: Path
-    pred: Path | None = None
-    cams: Path | None = None
-    thresholds: str = "0.05:0.95:0.05"
-    split: Path | None = None
-    classes: Path | None = None
-    ignore_uncertain: bool = False
-    out: Path | None = None  # JSON report (the step's manifest); None prints only
-    workers: int = 1
-    name: str | None = None
+    gt: Path | None = option(
+        None, "Ground-truth label PNGs (e.g. SegmentationClass). Default: the dataset's "
+              "(--voc ROOT: SegmentationClassAug/, else SegmentationClass/).")
+    pred: Path | None = option(None, "Predicted label PNGs to score.")
+    cams: Path | None = option(
+        None, "CAM folder to score instead, sweeping the background threshold.")
+    thresholds: str = option(
+        "0.05:0.95:0.05", "Sweep for --cams: START:STOP:STEP (inclusive) or a comma list.")
+    dataset: EvalData = options.nested(EvalData)
+    ignore_uncertain: bool = option(
+        False, "Ignore predicted 255 pixels instead of counting them as wrong.")
+    out: Path | None = option(None, "Write the JSON report here.")
+    workers: int = options.workers()
+    name: str | None = None  # the table's title (igcam run names its evaluations)
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -56,13 +85,13 @@ def parse_thresholds(text: str) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
-def _image_confusions(image_id: str, config: EvalConfig, n: int,
+def _image_confusions(image_id: str, config: EvalConfig, gt_dir: Path, n: int,
                       thresholds: list[float]) -> tuple[list[np.ndarray], str | None]:
     """Confusion matrices of one image (one per threshold for CAMs) and a problem, if any."""
-    gt = read_label_map(config.gt / f"{image_id}.png")
+    gt = read_label_map(gt_dir / f"{image_id}.png")
     top = int(gt[gt != IGNORE].max(initial=0))
     if top >= n:
-        raise IgcamError(f"{config.gt / image_id}.png has class {top} but only {n - 1} classes "
+        raise IgcamError(f"{gt_dir / image_id}.png has class {top} but only {n - 1} classes "
                          "are known; pass --classes")
     def missing() -> list[np.ndarray]:
         return [missing_confusion(gt, n)] * len(thresholds)
@@ -72,7 +101,7 @@ def _image_confusions(image_id: str, config: EvalConfig, n: int,
             path = config.cams / f"{image_id}.npz"
             if not path.is_file():
                 return missing(), f"{image_id}: no CAM file"
-            data = load_cam(path)
+            data = read_npz(path)
             cams = data["cams"].astype(np.float32)
             classes = data["classes"].astype(np.int64)
             if cams.shape[1:] != gt.shape:
@@ -91,20 +120,21 @@ def _image_confusions(image_id: str, config: EvalConfig, n: int,
         return missing(), str(problem)
 
 
-def _ids(config: EvalConfig) -> list[str]:
-    if config.split is not None:
-        if not config.split.is_file():
-            raise IgcamError(f"split file {config.split} not found")
-        ids = [line.split()[0] for line in config.split.read_text().splitlines() if line.strip()]
-    else:
+def _ids(config: EvalConfig, gt: Path, fmt: DatasetFormat | None, spec: DatasetSpec
+         ) -> list[str]:
+    """The ids to score: the dataset's split, else ``--split FILE``, else every prediction."""
+    ids = fmt.split_ids(spec) if fmt is not None else None
+    if ids is None and config.dataset.split is not None:
+        ids = read_split(Path(config.dataset.split))
+    if ids is None:
         source = config.cams if config.cams is not None else config.pred
         suffix = ".npz" if config.cams is not None else ".png"
         ids = sorted(p.stem for p in source.glob(f"*{suffix}"))
     if not ids:
         raise IgcamError("nothing to evaluate: the prediction folder (or split) is empty")
-    absent = [i for i in ids if not (config.gt / f"{i}.png").is_file()]
+    absent = [i for i in ids if not (gt / f"{i}.png").is_file()]
     if absent:
-        raise IgcamError(f"ground truth {config.gt / absent[0]}.png not found "
+        raise IgcamError(f"ground truth {gt / absent[0]}.png not found "
                          f"({len(absent)} of {len(ids)} images have none)")
     return ids
 
@@ -113,15 +143,21 @@ def evaluate(config: EvalConfig) -> dict:
     """Score the predictions; prints a table and returns (and optionally writes) the report."""
     if (config.pred is None) == (config.cams is None):
         raise IgcamError("give exactly one of --pred DIR or --cams DIR")
-    for folder in (config.gt, config.pred or config.cams):
+    spec = config.dataset.spec()
+    fmt = dataset_format(spec)
+    gt = config.gt or (fmt.ground_truth(spec) if fmt is not None else None)
+    if gt is None:
+        raise IgcamError("no ground truth: give --gt DIR, or a dataset with ground-truth masks "
+                         "(e.g. --voc ROOT with SegmentationClass/)")
+    for folder in (gt, config.pred or config.cams):
         if not folder.is_dir():
             raise IgcamError(f"{folder} is not a directory")
-    names = ["background", *(read_class_names(config.classes) if config.classes
-                             else VOC_CLASSES)]
+    names = ["background", *class_names(spec)]
     n = len(names)
     thresholds = parse_thresholds(config.thresholds) if config.cams is not None else [0.0]
-    ids = _ids(config)
-    work = functools.partial(_image_confusions, config=config, n=n, thresholds=thresholds)
+    ids = _ids(config, gt, fmt, spec)
+    work = functools.partial(_image_confusions, config=config, gt_dir=gt, n=n,
+                             thresholds=thresholds)
     total = [np.zeros((n, n + 2), dtype=np.int64) for _ in thresholds]
     problems: list[str] = []
     if config.workers > 1:
@@ -152,7 +188,8 @@ def evaluate(config: EvalConfig) -> dict:
     _print(report, names, result.valid, config)
     if config.out is not None:
         # The report is the eval step's manifest: config, versions and scores in one file.
-        record = StepRecord("eval", _jsonable(asdict(config)))
+        record = StepRecord("eval", jsonable(asdict(config)))
+        record.inputs = {"gt": str(gt)}
         record.extra = {"report": report}
         record.save(ensure_dir(config.out.parent), filename=config.out.name)
     return report
@@ -177,7 +214,3 @@ def _print(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig
     if "sweep" in report:
         console.print("threshold sweep: " + ", ".join(
             f"{t}: {100 * m:.1f}" for t, m in report["sweep"].items()))
-
-
-def default_report_path(run: Path, name: str) -> Path:
-    return RunDir(run).step("eval") / f"{name}.json"

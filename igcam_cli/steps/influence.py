@@ -24,68 +24,72 @@ D x D block per class and is inverted exactly. ``layer4`` adds the last backbone
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igcam_cli import hessian
+from igcam_cli import hessian, options
 from igcam_cli.artifacts import (
+    MAPS_DIR,
+    SCORES_FILE,
+    SOLUTION_FILE,
     RunDir,
     Shard,
-    StepRecord,
     ensure_dir,
     fingerprint,
     remove_stale_temps,
     sha256_file,
-    write_bytes,
-    write_npz,
+    write_influence_map,
+    write_scores,
     write_torch,
 )
-from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
+from igcam_cli.datasets import DatasetSpec, Sample, load_dataset, multi_hot
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
-from igcam_cli.models import CamNet, check_classes, load_classifier, resolve_device
-from igcam_cli.runner import console, run_per_image, track
-from igcam_cli.steps.train_cls import CLASSIFIER_FILE, _jsonable
-from igcam_cli.transforms import resize, scaled_size, to_tensor
+from igcam_cli.models import CamNet, check_classes, load_classifier
+from igcam_cli.options import option
+from igcam_cli.runner import ImageStep, console, resolve_device, track
+from igcam_cli.transforms import normalise, resize, scaled_size, to_tensor
 
 PARAM_SETS = ("head", "layer4", "all")
 SOLVERS = ("exact", "cg", "lissa")
-SOLUTION_FILE = "solution.pt"
-SCORES_FILE = "scores.csv"
 
 
 @dataclass
 class InfluenceConfig:
-    run: Path
-    dataset: DatasetSpec
-    checkpoint: Path | None = None  # default RUN/train-cls/classifier.pt
-    out: Path | None = None  # default RUN/influence
-    params: str = "head"
-    solver: str = "exact"
-    damping: float = 0.01
-    holdout: float = 0.2
-    iters: int = 100  # conjugate-gradient iterations or LiSSA depth
-    hessian_images: int = 8  # images per Hessian-vector product (layer4 / all)
-    size: int = 448  # long side of the images used for layer4 / all
-    self_influence: bool = True
-    maps: bool = True
-    seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
-    shard: str | None = None
-    strict: bool = False
-
-
-def influence_dir(config: InfluenceConfig) -> Path:
-    return config.out or RunDir(config.run).step("influence")
+    run: Path = options.run_dir()
+    dataset: DatasetSpec = options.nested(DatasetSpec)
+    checkpoint: Path | None = options.checkpoint()
+    out: Path | None = options.out("RUN/influence")
+    params: str = option(
+        "head", "Parameters the Hessian covers: head (1x1 classifier, exact and fast), layer4 "
+                "(last backbone stage + head) or all (every trainable weight).")
+    solver: str = option(
+        "exact", "Inverse-Hessian-vector product: exact (head only), cg (conjugate gradient on "
+                 "a fixed Hessian sample) or lissa (stochastic recursion).")
+    damping: float = option(
+        0.01, "Added to the Hessian's diagonal; makes a few images' Hessian invertible.")
+    holdout: float = option(
+        0.2, "Share of the images (by a hash of the id) whose loss the influence is measured "
+             "on; the Hessian uses the rest.")
+    iters: int = option(100, "CG iterations or LiSSA depth.", min=1)
+    hessian_images: int = option(8, "Images per Hessian-vector product (layer4/all).", min=1)
+    size: int = option(448, "Long side images are shrunk to for layer4/all.", min=32)
+    self_influence: bool = option(
+        True, "Also compute each image's self-influence (one inverse-HVP per image unless "
+              "--solver exact).")
+    maps: bool = option(
+        True, "Write per-image spatial influence maps (used by cam --method igcam).")
+    seed: int = option(0, "Seed for the Hessian samples.")
+    device: str = options.device()
+    overwrite: bool = options.overwrite()
+    shard: str | None = options.shard()
+    strict: bool = options.strict()
 
 
 def is_held_out(image_id: str, fraction: float) -> bool:
@@ -122,12 +126,6 @@ def _unflatten(theta: torch.Tensor, named: list[tuple[str, torch.nn.Parameter]]
     return out
 
 
-def _targets(sample: Sample, num_classes: int, device: torch.device) -> torch.Tensor:
-    target = torch.zeros(num_classes, device=device)
-    target[list(sample.labels or ())] = 1.0
-    return target
-
-
 def sample_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The per-sample training loss H is the Hessian of: BCE summed over classes."""
     return F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
@@ -162,7 +160,7 @@ def _solve_head(model: CamNet, samples: list[Sample], held: list[bool], config: 
         for sample in track(samples, len(samples), "influence: features"):
             image = to_tensor(read_image(sample.image)).to(device)[None]
             feats.append(model.features(image).mean(dim=(2, 3))[0].double().cpu())
-            targets.append(_targets(sample, num_classes, torch.device("cpu")).double())
+            targets.append(multi_hot(sample.labels, num_classes).double())
     weight = model.classifier.weight.detach().flatten(1).double().cpu()
     bias = model.classifier.bias
     vector, scores, self_scores = head_influence(
@@ -234,7 +232,7 @@ def _solve_network(model: CamNet, samples: list[Sample], held: list[bool],
     num_classes = model.classifier.weight.shape[0]
     def inputs(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         return (_small_image(sample, config.size, device),
-                _targets(sample, num_classes, device))
+                multi_hot(sample.labels, num_classes).to(device))
 
     def grad_of(sample: Sample) -> torch.Tensor:
         image, target = inputs(sample)
@@ -285,26 +283,6 @@ def _solution_key(config: InfluenceConfig, checkpoint: Path, samples: list[Sampl
                         str(config.self_influence), *(s.id for s in samples)])
 
 
-def _write_scores(path: Path, solution: Solution) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image_id", "role", "influence", "self_influence"])
-    for i, image_id in enumerate(solution.ids):
-        self_value = ("" if solution.self_influence is None
-                      else f"{solution.self_influence[i]:.6g}")
-        writer.writerow([image_id, "held-out" if solution.held_out[i] else "fit",
-                         f"{solution.influence[i]:.6g}", self_value])
-    write_bytes(path, buffer.getvalue().encode())
-
-
-def read_scores(path: Path) -> dict[str, float]:
-    """image id -> influence on the held-out loss, from a ``scores.csv`` written here."""
-    if not path.is_file():
-        raise IgcamError(f"{path} not found (run `igcam influence` first)")
-    with path.open(newline="") as handle:
-        return {row["image_id"]: float(row["influence"]) for row in csv.DictReader(handle)}
-
-
 def spatial_map(model: CamNet, named: list[tuple[str, torch.nn.Parameter]], vector: torch.Tensor,
                 image: torch.Tensor, classes: list[int]) -> torch.Tensor:
     """(K, h, w) how much each feature location moves the influence score, per labelled class.
@@ -319,7 +297,7 @@ def spatial_map(model: CamNet, named: list[tuple[str, torch.nn.Parameter]], vect
         features = model.features(image)
     if head_only:
         features = features.detach().requires_grad_()
-    logits = model.classifier(features.mean(dim=(2, 3), keepdim=True)).flatten()
+    logits = model.logits(features)[0]
     vector = vector.to(features.device)
     maps = []
     for c in classes:
@@ -343,18 +321,18 @@ def influence(config: InfluenceConfig) -> Path:
     if config.damping <= 0:
         raise IgcamError("--damping must be positive (the Hessian of a few images is singular)")
     shard = Shard.parse(config.shard)
-    checkpoint = config.checkpoint or RunDir(config.run).step("train-cls") / CLASSIFIER_FILE
+    checkpoint = config.checkpoint or RunDir(config.run).classifier()
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
     named = selected_parameters(model, config.params)
-    out = ensure_dir(influence_dir(config))
-    remove_stale_temps(out)
+    step = ImageStep("influence", config.out or RunDir(config.run).step("influence"), config,
+                     shard)
+    out, record = step.out, step.record
     dataset = load_dataset(config.dataset, strict=config.strict)
     check_classes(payload, dataset.class_names, checkpoint)
     samples = dataset.labelled()
     if not samples:
         raise IgcamError("influence needs images with labels; none found in the dataset")
-    record = StepRecord("influence", _jsonable(asdict(config)))
     record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
                      "checkpoint_sha256": sha256_file(checkpoint),
                      "images_fingerprint": fingerprint(s.id for s in samples)}
@@ -372,13 +350,19 @@ def influence(config: InfluenceConfig) -> Path:
                              "fraction or add images")
         solve = _solve_head if config.params == "head" else _solve_network
         solution = solve(model, samples, held, config, device)
-        _write_scores(out / SCORES_FILE, solution)
+        write_scores(out / SCORES_FILE, zip(
+            solution.ids, ("held-out" if h else "fit" for h in solution.held_out),
+            solution.influence.tolist(),
+            [None] * len(solution.ids) if solution.self_influence is None
+            else solution.self_influence.tolist(), strict=True))
         vector = solution.vector
         write_torch(solution_path, {"key": key, "names": solution.names, "vector": vector,
                                     "damping": config.damping})
         record.extra = {"held_out": int(sum(held)), "fit": len(held) - int(sum(held))}
+    console.print(f"influence: {len(samples)} images scored ({config.params}, {config.solver}) "
+                  f"-> {out}")
     if config.maps:
-        maps_dir = ensure_dir(out / "maps")
+        maps_dir = ensure_dir(out / MAPS_DIR)
         remove_stale_temps(maps_dir)
 
         def one(sample: Sample) -> None:
@@ -386,21 +370,11 @@ def influence(config: InfluenceConfig) -> Path:
             classes = list(sample.labels or ())
             maps = spatial_map(model, named, vector, image[None], classes)
             maps = resize(maps[None].float(), tuple(image.shape[1:]))[0]
-            peak = maps.flatten(1).max(dim=1).values.clamp_min(1e-12)
-            maps = maps / peak.view(-1, 1, 1)
-            write_npz(maps_dir / f"{sample.id}.npz", classes=np.array(classes, dtype=np.int16),
-                      maps=maps.cpu().numpy().astype(np.float16))
+            # A floor far below CAMs' 1e-5: influence magnitudes can be that small everywhere.
+            write_influence_map(maps_dir / f"{sample.id}.npz", classes,
+                                normalise(maps, floor=1e-12).cpu().numpy())
 
-        run_per_image(shard.select(samples), one, lambda s: maps_dir / f"{s.id}.npz", record,
-                      overwrite=config.overwrite, strict=config.strict, workers=1,
-                      description="influence: maps")
-    record.save(out, shard)
-    console.print(f"influence: {len(samples)} images scored ({config.params}, {config.solver}) "
-                  f"-> {out}")
-    return out
-
-
-def load_influence_map(path: Path) -> dict[str, np.ndarray]:
-    """Read a spatial influence map file (no pickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+        step.run(step.select(samples), one, lambda s: maps_dir / f"{s.id}.npz",
+                 overwrite=config.overwrite, strict=config.strict,
+                 description="influence: maps")
+    return step.finish("maps written")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -32,20 +32,19 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
+from igcam_cli import options
 from igcam_cli.artifacts import (
     RunDir,
     Shard,
-    StepRecord,
-    ensure_dir,
     fingerprint,
-    remove_stale_temps,
-    write_npz,
+    read_npz,
+    write_proposals,
 )
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
-from igcam_cli.runner import console, run_per_image
-from igcam_cli.steps.train_cls import _jsonable
+from igcam_cli.options import option
+from igcam_cli.runner import ImageStep
 
 # --mode -> the SelectiveSearchSegmentation method that sets up its strategies.
 MODES = {"fast": "switchToSelectiveSearchFast", "quality": "switchToSelectiveSearchQuality",
@@ -58,19 +57,28 @@ NEEDS_CONTRIB = ("propose needs opencv-contrib-python-headless (cv2.ximgproc); p
 
 @dataclass
 class ProposeConfig:
-    run: Path
-    dataset: DatasetSpec
-    out: Path | None = None  # default RUN/propose
-    mode: str = "fast"
-    size: int = 500  # long side of the copy the search runs on; smaller images keep theirs
-    min_size: float = 0.02  # shortest allowed box side, as a fraction of min(H, W)
-    max_aspect: float = 4.0  # longest allowed box side / shortest
-    nms_iou: float = 0.7
-    top: int = 300
-    workers: int = 1
-    overwrite: bool = False
-    shard: str | None = None
-    strict: bool = False
+    run: Path = options.run_dir()
+    dataset: DatasetSpec = options.nested(DatasetSpec)
+    out: Path | None = options.out("RUN/propose")
+    mode: str = option(
+        "fast", "Selective search strategy: fast (2 colour spaces x 3 segmentation scales), "
+                "quality (5 x 5, more similarity measures: slowest, most boxes) or single "
+                "(1 x 1: fastest, fewest boxes).")
+    size: int = option(
+        500, "Long side in pixels of the copy the search runs on; larger images are shrunk to "
+             "it and the boxes mapped back to the original pixels.")
+    min_size: float = option(
+        0.02, "Drop boxes with a side shorter than this fraction of the image's shorter side.")
+    max_aspect: float = option(
+        4.0, "Drop boxes whose long side is more than this many times their short side.")
+    nms_iou: float = option(
+        0.7, "Non-maximum suppression: drop a box that overlaps a better-ranked one with more "
+             "than this IoU (1 keeps all).")
+    top: int = option(300, "Boxes kept per image, best-ranked first.")
+    workers: int = options.workers()
+    overwrite: bool = options.overwrite()
+    shard: str | None = options.shard()
+    strict: bool = options.strict()
 
 
 def _import_cv2() -> ModuleType:
@@ -139,9 +147,7 @@ def propose_one(sample: Sample, config: ProposeConfig, out: Path) -> None:
     """Write one image's proposals (module level so worker processes can run it)."""
     image = read_image(sample.image)
     boxes, scores = proposals(image, config)
-    write_npz(out / f"{sample.id}.npz", boxes=boxes, scores=scores,
-              image=np.array(str(sample.image.resolve())),
-              size=np.array(image.shape[:2], dtype=np.int32))
+    write_proposals(out / f"{sample.id}.npz", boxes, scores, sample.image, image.shape[:2])
 
 
 def propose(config: ProposeConfig) -> Path:
@@ -149,31 +155,18 @@ def propose(config: ProposeConfig) -> Path:
     _check(config)
     _import_cv2()
     shard = Shard.parse(config.shard)
-    out = ensure_dir(config.out or RunDir(config.run).step("propose"))
-    remove_stale_temps(out)
+    step = ImageStep("propose", config.out or RunDir(config.run).step("propose"), config,
+                     shard)
     dataset = load_dataset(config.dataset, strict=config.strict)
-    record = StepRecord("propose", _jsonable(asdict(config)))
-    for problem in dataset.problems:
-        record.warn(problem)
-    record.count("failed", len(dataset.problems))
-    samples = shard.select(dataset.samples)
-    record.inputs = {"dataset": config.dataset.describe(),
-                     "images_fingerprint": fingerprint(s.id for s in samples)}
-    run_per_image(samples, functools.partial(propose_one, config=config, out=out),
-                  lambda s: out / f"{s.id}.npz", record, overwrite=config.overwrite,
-                  strict=config.strict, workers=config.workers, description="propose")
+    step.problems(dataset.problems)
+    samples = step.select(dataset.samples)
+    step.record.inputs = {"dataset": config.dataset.describe(),
+                          "images_fingerprint": fingerprint(s.id for s in samples)}
+    out = step.out
+    step.run(samples, functools.partial(propose_one, config=config, out=out),
+             lambda s: out / f"{s.id}.npz", overwrite=config.overwrite, strict=config.strict,
+             workers=config.workers)
     done = [out / f"{s.id}.npz" for s in samples if (out / f"{s.id}.npz").is_file()]
-    mean_boxes = float(np.mean([len(load_proposals(p)["boxes"]) for p in done])) if done else 0.0
-    record.extra = {"boxes_per_image": round(mean_boxes, 1)}
-    record.save(out, shard)
-    console.print(f"propose: {record.counts.get('processed', 0)} written, "
-                  f"{record.counts.get('skipped_done', 0)} already done, "
-                  f"{record.counts.get('failed', 0)} failed, {mean_boxes:.1f} boxes per image "
-                  f"-> {out}")
-    return out
-
-
-def load_proposals(path: Path) -> dict[str, np.ndarray]:
-    """Read a proposal file written by :func:`propose` (no pickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    mean_boxes = float(np.mean([len(read_npz(p)["boxes"]) for p in done])) if done else 0.0
+    step.record.extra = {"boxes_per_image": round(mean_boxes, 1)}
+    return step.finish(extra=f", {mean_boxes:.1f} boxes per image")

@@ -10,18 +10,23 @@ from the normalised scores.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from igcam_cli.artifacts import RunDir, Shard, StepRecord, ensure_dir, remove_stale_temps
+from igcam_cli import options
+from igcam_cli.artifacts import (
+    RunDir,
+    Shard,
+    read_npz,
+)
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import IGNORE, read_image, save_label_map
-from igcam_cli.runner import console, run_per_image
-from igcam_cli.steps.cam import load_cam
-from igcam_cli.steps.train_cls import _jsonable
+from igcam_cli.masks import seed_labels
+from igcam_cli.options import option
+from igcam_cli.runner import ImageStep
 
 CRF_MODES = ("labels", "scores")
 DEFAULT_THRESHOLD = 0.15  # IRN's background threshold for CAM seeds
@@ -29,36 +34,24 @@ DEFAULT_THRESHOLD = 0.15  # IRN's background threshold for CAM seeds
 
 @dataclass
 class RefineConfig:
-    run: Path
-    cams: Path | None = None  # default RUN/cam
-    out: Path | None = None  # default RUN/refine
-    threshold: float = DEFAULT_THRESHOLD
-    bg_threshold: float | None = None  # below threshold: pixels in between become 255
-    crf: bool = True
-    crf_mode: str = "labels"
-    crf_iters: int = 10
-    gt_prob: float = 0.7
-    workers: int = 1
-    overwrite: bool = False
-    shard: str | None = None
-    strict: bool = False
-
-
-def peak_labels(cams: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel: the best class score and its label value (class id + 1); zeros if no class."""
-    if len(classes) == 0:
-        return np.zeros(cams.shape[1:], np.float32), np.zeros(cams.shape[1:], np.uint8)
-    return cams.max(axis=0), (classes[cams.argmax(axis=0)] + 1).astype(np.uint8)
-
-
-def seed_labels(cams: np.ndarray, classes: np.ndarray, threshold: float,
-                bg_threshold: float | None = None) -> np.ndarray:
-    """Label map (H, W): 0 background, class id + 1 foreground, 255 in the uncertainty band."""
-    peak, best = peak_labels(cams, classes)
-    labels = np.where(peak > threshold, best, 0).astype(np.uint8)
-    if bg_threshold is not None:
-        labels[(peak > bg_threshold) & (peak <= threshold)] = IGNORE
-    return labels
+    run: Path = options.run_dir()
+    cams: Path | None = option(None, "CAM folder (default RUN/cam).")
+    out: Path | None = options.out("RUN/refine")
+    threshold: float = option(
+        DEFAULT_THRESHOLD, "Background threshold: pixels whose best class score is at most "
+                           "this are background.")
+    bg_threshold: float | None = option(
+        None, "Optional lower threshold: scores between it and --threshold become 255 "
+              "(uncertain).")
+    crf: bool = option(True, "Refine with DenseCRF (needs pydensecrf2).")
+    crf_mode: str = option(
+        "labels", "labels: unaries from the seed labels (IRN); scores: from normalised CAMs.")
+    crf_iters: int = option(10, "CRF mean-field iterations.", min=1)
+    gt_prob: float = option(0.7, "Seed confidence in labels mode.")
+    workers: int = options.workers()
+    overwrite: bool = options.overwrite()
+    shard: str | None = options.shard()
+    strict: bool = options.strict()
 
 
 def _import_crf():  # noqa: ANN202 - the module has no type stubs
@@ -101,7 +94,7 @@ def dense_crf(image: np.ndarray, cams: np.ndarray, classes: np.ndarray,
 
 def refine_one(path: Path, config: RefineConfig, out: Path) -> None:
     """Refine one CAM file (module level so worker processes can run it)."""
-    data = load_cam(path)
+    data = read_npz(path)
     cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
     if config.crf and len(classes):
         image = read_image(Path(str(data["image"])))
@@ -129,22 +122,17 @@ def refine(config: RefineConfig) -> Path:
         raise IgcamError("--bg-threshold must be below --threshold")
     if config.crf:
         _import_crf()
+    shard = Shard.parse(config.shard)
     run = RunDir(config.run)
     cams = config.cams or run.step("cam")
     if not cams.is_dir() or not any(cams.glob("*.npz")):
         raise IgcamError(f"no CAM files in {cams} (run `igcam cam` first)")
-    out = ensure_dir(config.out or run.step("refine"))
-    remove_stale_temps(out)
-    shard = Shard.parse(config.shard)
+    step = ImageStep("refine", config.out or run.step("refine"), config, shard)
     # Each CAM file stands in for its image: the sample's path is the .npz itself.
-    samples = shard.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])
-    record = StepRecord("refine", _jsonable(asdict(config)))
-    record.inputs = {"cams": str(cams), "num_cams": len(samples)}
-    run_per_image(samples, functools.partial(_refine_sample, config=config, out=out),
-                  lambda s: out / f"{s.id}.png", record, overwrite=config.overwrite,
-                  strict=config.strict, workers=config.workers, description="refine")
-    record.save(out, shard)
-    console.print(f"refine: {record.counts.get('processed', 0)} masks written, "
-                  f"{record.counts.get('skipped_done', 0)} already done, "
-                  f"{record.counts.get('failed', 0)} failed -> {out}")
-    return out
+    samples = step.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])
+    step.record.inputs = {"cams": str(cams), "num_cams": len(samples)}
+    out = step.out
+    step.run(samples, functools.partial(_refine_sample, config=config, out=out),
+             lambda s: out / f"{s.id}.png", overwrite=config.overwrite, strict=config.strict,
+             workers=config.workers)
+    return step.finish("masks written")

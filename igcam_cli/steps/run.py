@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from igcam_cli import options
 from igcam_cli.artifacts import RunDir
-from igcam_cli.datasets import DatasetSpec, class_file, gt_dir
+from igcam_cli.datasets import DatasetSpec, dataset_format
+from igcam_cli.options import option
 from igcam_cli.runner import console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
-from igcam_cli.steps.eval import EvalConfig, default_report_path, evaluate
+from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 from igcam_cli.steps.refine import DEFAULT_THRESHOLD, RefineConfig, refine
 from igcam_cli.steps.train_cls import TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
@@ -23,21 +25,24 @@ from igcam_cli.vis import write_overlays
 
 @dataclass
 class RunConfig:
-    run: Path
-    dataset: DatasetSpec
-    backbone: str = "efficientnet-lite0"
-    weights: Path | None = None
-    epochs: int | None = None
-    batch_size: int = 16
-    crop: int = 512
-    lr: float | None = None
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    threshold: float | None = None
-    crf: bool = True
-    device: str = "auto"
-    workers: int = 1
-    vis: int = 16
-    strict: bool = False
+    run: Path = options.run_dir()
+    dataset: DatasetSpec = options.nested(DatasetSpec)
+    backbone: str = option("efficientnet-lite0", "Backbone (see train-cls).")
+    weights: Path | None = option(None, "ImageNet weight file for the backbone (see train-cls).")
+    epochs: int | None = option(None, "Epochs (default: scaled to the data).", min=1)
+    batch_size: int = option(16, "Images per batch.", min=1)
+    crop: int = option(512, "Training crop side.", min=32)
+    lr: float | None = option(
+        None, "Backbone learning rate (default per backbone, see train-cls).")
+    scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
+    threshold: float | None = option(
+        None, "Background threshold for the masks. Default: the best of the seed sweep when "
+              "the dataset has ground truth, else 0.15.")
+    crf: bool = option(True, "DenseCRF refinement.")
+    device: str = options.device()
+    workers: int = options.workers()
+    vis: int = option(16, "Overlay pictures to write.", min=0)
+    strict: bool = options.strict()
 
 
 def run(config: RunConfig) -> dict[str, dict]:
@@ -49,17 +54,17 @@ def run(config: RunConfig) -> dict[str, dict]:
         resume=True))
     cams = cam(CamConfig(run=config.run, dataset=config.dataset, scales=config.scales,
                          device=config.device, strict=config.strict))
-    gt = gt_dir(config.dataset)
+    folders = RunDir(config.run)
+    fmt = dataset_format(config.dataset)
+    gt = fmt.ground_truth(config.dataset) if fmt is not None else None
     reports: dict[str, dict] = {}
-    common: dict = {}
+    # eval takes the ground truth, split and class list from the dataset's format, as
+    # `igcam eval --voc ROOT` does.
+    common = {"dataset": EvalData.of(config.dataset), "workers": config.workers}
     if gt is not None:
-        assert config.dataset.voc is not None
-        split = config.dataset.voc / "ImageSets" / "Segmentation" / f"{config.dataset.split}.txt"
-        common = {"gt": gt, "split": split if split.is_file() else None,
-                  "classes": class_file(config.dataset), "workers": config.workers}
         reports["seed"] = evaluate(EvalConfig(
-            cams=cams, out=default_report_path(config.run, "seed"),
-            name="seed (CAM, threshold sweep)", **common))
+            cams=cams, out=folders.eval_report("seed"), name="seed (CAM, threshold sweep)",
+            **common))
     threshold = config.threshold
     if threshold is None:
         threshold = reports["seed"]["threshold"] if "seed" in reports else DEFAULT_THRESHOLD
@@ -69,9 +74,9 @@ def run(config: RunConfig) -> dict[str, dict]:
                                 workers=config.workers, strict=config.strict))
     if gt is not None:
         reports["mask"] = evaluate(EvalConfig(
-            pred=masks, out=default_report_path(config.run, "mask"),
+            pred=masks, out=folders.eval_report("mask"),
             name=f"pseudo-masks (refine{', CRF' if config.crf else ''}, "
                  f"threshold {threshold})", **common))
-    written = write_overlays(cams, masks, gt, RunDir(config.run).step("vis"), config.vis)
-    console.print(f"run: {len(written)} overlay pictures in {RunDir(config.run).step('vis')}")
+    written = write_overlays(cams, masks, gt, folders.step("vis"), config.vis)
+    console.print(f"run: {len(written)} overlay pictures in {folders.step('vis')}")
     return reports

@@ -1,4 +1,8 @@
-"""The plain multi-scale CAM every other method starts from (or re-runs on edited images).
+"""The multi-scale machinery every CAM method shares, and the base CAM they all start from.
+
+:func:`multiscale_maps` runs a head over every scale (and flip) of an image and sums the
+resized maps; the plain CAM (:func:`multiscale_cam`) is that with ``CamNet.cam`` as the head,
+and methods re-run it on edited images or swap the head (LPCAM's prototypes).
 
 With an FPN classifier (``igcam train-cls --fpn``) the CAM is that of several pyramid levels:
 each level's ReLU'd CAM through the shared classifier, summed over the scales like the plain
@@ -11,19 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from igcam_cli.artifacts import influence_maps, read_npz
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.models import FPN_LEVELS, CamNet
-from igcam_cli.transforms import resize, scaled_size
-
-if TYPE_CHECKING:
-    from igcam_cli.steps.cam import CamConfig
+from igcam_cli.options import option
+from igcam_cli.transforms import normalise, resize, scaled_size
 
 # (B, D, h, w) stride-16 features of a batch of views -> (B, M, h, w) maps
 Head = Callable[[torch.Tensor], torch.Tensor]
@@ -72,9 +76,8 @@ def multiscale_cam(model: CamNet, image: torch.Tensor, scales: tuple[float, ...]
     probs: list[torch.Tensor] = []
 
     def cam_head(features: torch.Tensor) -> torch.Tensor:
-        pooled = features.mean(dim=(2, 3), keepdim=True)
-        probs.append(torch.sigmoid(model.classifier(pooled).flatten(1)).mean(0))
-        return torch.relu(torch.nn.functional.conv2d(features, model.classifier.weight))
+        probs.append(torch.sigmoid(model.logits(features)).mean(0))
+        return model.cam(features)
 
     total = multiscale_maps(model, image, scales, flip, cam_head)
     return total, probs[reference_scale(scales)]
@@ -85,22 +88,24 @@ def reference_scale(scales: tuple[float, ...]) -> int:
     return scales.index(1.0) if 1.0 in scales else 0
 
 
-def normalise(cams: torch.Tensor) -> torch.Tensor:
-    """Divide each class map by its maximum (1e-5 floor, as IRN)."""
-    peak = cams.flatten(1).max(dim=1).values.clamp_min(1e-5)
-    return cams / peak.view(-1, 1, 1)
-
-
 LEVEL_ATTENTION = ("none", "influence")
 
 
 @dataclass(frozen=True)
 class LevelFusionConfig:
-    """How ``igcam cam`` fuses the CAMs of an FPN classifier's pyramid levels."""
+    """How ``igcam cam`` fuses the CAMs of an FPN classifier's pyramid levels (``--fpn-*``)."""
 
-    levels: tuple[str, ...] = FPN_LEVELS  # which of models.FPN_LEVELS to fuse
-    attention: str = "none"  # none: equal weights; influence: per image and class, see below
-    temperature: float = 0.1  # influence: softmax temperature over the levels' correlations
+    levels: tuple[str, ...] = option(
+        FPN_LEVELS, "FPN classifiers: comma list of the pyramid levels whose CAMs are fused: "
+                    "s4, s8, s16 (the backbone's stride 4, 8 and 16 stages) and last (its "
+                    "dilated last stage, stride 16).")
+    attention: str = option(
+        "none", "FPN classifiers: none (every level's normalised CAM weighs the same) or "
+                "influence (per image and class, a softmax over the levels of how well each "
+                "level's CAM correlates with the spatial influence map of --influence).")
+    temperature: float = option(
+        0.1, "FPN classifiers, --fpn-attention influence: softmax temperature over the levels' "
+             "correlations; lower gives the best-agreeing level more weight.")
 
 
 @torch.inference_mode()
@@ -118,8 +123,7 @@ def multiscale_level_cams(model: CamNet, image: torch.Tensor, scales: tuple[floa
     def level_head(pyramid: list[torch.Tensor]) -> torch.Tensor:
         probs.append(torch.sigmoid(model.logits(model.fuse(pyramid))).mean(0))
         grid = tuple(pyramid[min(levels)].shape[-2:])
-        return torch.cat([resize(F.relu(F.conv2d(pyramid[i], model.classifier.weight)).float(),
-                                 grid) for i in levels], dim=1)
+        return torch.cat([resize(model.cam(pyramid[i]).float(), grid) for i in levels], dim=1)
 
     total = multiscale_maps(model, image, scales, flip, level_head, model.level_features)
     return total.unflatten(0, (len(levels), -1)), probs[reference_scale(scales)]
@@ -152,17 +156,18 @@ def fuse_levels(level_cams: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return (weights[..., None, None] * normalised).sum(0)
 
 
-def build_cam(model: CamNet, config: CamConfig
+def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: LevelFusionConfig,
+              influence: Path | None
               ) -> Callable[[Sample, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The (C, H, W) CAMs and (C,) probabilities of one image: plain, or fused over FPN levels."""
-    from igcam_cli.steps.influence import load_influence_map
+    """The (C, H, W) CAMs and (C,) probabilities of one image: plain, or fused over FPN levels.
 
-    fusion = config.fpn
+    ``influence`` is an ``igcam influence`` folder, read by ``--fpn-attention influence``.
+    """
     if model.neck is None:
         if fusion != LevelFusionConfig():
             raise IgcamError("--fpn-levels, --fpn-attention and --fpn-temperature need a "
                              "classifier trained with `igcam train-cls --fpn`")
-        return lambda sample, image: multiscale_cam(model, image, config.scales, config.flip)
+        return lambda sample, image: multiscale_cam(model, image, scales, flip)
     if not fusion.levels or not set(fusion.levels) <= set(FPN_LEVELS):
         raise IgcamError(f"--fpn-levels must be a comma list of {', '.join(FPN_LEVELS)}, got "
                          f"{','.join(fusion.levels)!r}")
@@ -173,22 +178,19 @@ def build_cam(model: CamNet, config: CamConfig
     levels = sorted({FPN_LEVELS.index(name) for name in fusion.levels})
     maps_dir = None
     if fusion.attention == "influence":
-        if config.influence is None:
+        if influence is None:
             raise IgcamError("--fpn-attention influence needs --influence DIR, the output of "
                              "`igcam influence`")
-        maps_dir = config.influence / "maps"
-        if not maps_dir.is_dir():
-            raise IgcamError(f"{maps_dir} not found (run `igcam influence` first)")
+        maps_dir = influence_maps(influence)
 
     def compute(sample: Sample, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        level_cams, probs = multiscale_level_cams(model, image, config.scales, config.flip,
-                                                  levels)
+        level_cams, probs = multiscale_level_cams(model, image, scales, flip, levels)
         weights = level_cams.new_full(level_cams.shape[:2], 1 / len(levels))
         if maps_dir is not None:
             path = maps_dir / f"{sample.id}.npz"
             if not path.is_file():
                 raise ImageProblem(f"{sample.image}: no influence map in {maps_dir}")
-            stored = load_influence_map(path)
+            stored = read_npz(path)
             classes = stored["classes"].tolist()  # the labelled classes; others keep the mean
             maps = torch.from_numpy(stored["maps"].astype(np.float32))
             if maps.shape[-2:] != level_cams.shape[-2:]:

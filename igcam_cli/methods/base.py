@@ -1,0 +1,62 @@
+"""What a CAM method is: a class with a name, a frozen options dataclass and a per-image call.
+
+Every method refines the maps of the method before it (the base CAM, or the previous one in a
+chain ``a+b``): it receives one image and its max-normalised maps of the image's classes and
+returns the same classes' maps. Set-up that is done once per ``igcam cam`` call (reading
+folders, building prototypes, checking options) goes in ``__init__``, which sees only a
+:class:`MethodContext`, never the step's whole config. The options dataclass declares each
+option with :func:`igcam_cli.options.option`; the CLI offers it as ``--<name>-<field>``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from igcam_cli.artifacts import RunDir
+from igcam_cli.datasets import Dataset, Sample
+from igcam_cli.models import CamNet
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may use besides the image; built once per ``igcam cam`` call."""
+
+    model: CamNet
+    device: torch.device
+    scales: tuple[float, ...]  # the CAM's scales, which re-runs and other heads reuse
+    flip: bool
+    dataset: Dataset  # the images being processed (with labels, when known)
+    run: RunDir  # where a method finds (or writes) its run-level inputs, e.g. prototypes
+    checkpoint: Path  # the classifier file, whose hash keys artifacts built from it
+    influence: Path | None  # an ``igcam influence`` folder, when the user gave one
+    strict: bool
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For a method without options of its own."""
+
+
+class CamMethod(abc.ABC):
+    """One CAM method; subclasses set ``name`` and ``Options`` and implement ``__call__``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    summary: ClassVar[str]  # one line for ``igcam cam --help``
+
+    def __init__(self, context: MethodContext, options: Any = None) -> None:
+        self.context = context
+        self.options = self.Options() if options is None else options
+
+    @abc.abstractmethod
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        """The method's (K, H, W) maps of ``classes`` from the incoming max-normalised ``cams``.
+
+        ``image`` is (3, H, W) in [0, 1] on the model's device; ``cams`` (K, H, W) on it too.
+        """

@@ -1,0 +1,89 @@
+"""Config fields that carry their command-line help: every default is written once.
+
+A step's config (and a CAM method's or training stage's options) is a dataclass; a field made
+with :func:`option` is also a command-line option, named after the field (``batch_size`` ->
+``--batch-size``), with the help, bounds and default given here. ``cli.py`` turns these
+dataclasses into Typer commands (:mod:`igcam_cli.cli`), so adding a field here adds the option,
+and nothing else has to repeat its default. A field made with plain ``field()`` or a bare
+default is internal and never on the command line. A field whose type is itself a dataclass
+is flattened into its fields' options (``DatasetSpec`` gives every step the same data options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field
+from typing import Any
+
+from igcam_cli.errors import IgcamError
+
+REQUIRED: Any = MISSING  # the default of an option that has none
+
+
+def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+           flag: str | None = None, short: str | None = None, prefix: str = "") -> Any:
+    """A dataclass field that is also a command-line option.
+
+    ``flag`` overrides the option's name (``--head-bias/--no-head-bias``), ``short`` adds a
+    one-letter alias, ``min``/``max`` are checked by the parser; ``REQUIRED`` makes the option
+    one a user must give.
+    """
+    metadata = {"help": help, "min": min, "max": max, "flag": flag, "short": short}
+    return field(default=default, metadata=metadata)
+
+
+def nested(factory: type, prefix: str = "") -> Any:
+    """A field holding another options dataclass, whose options are flattened into this one's."""
+    return field(default_factory=factory, metadata={"prefix": prefix, "nested": True})
+
+
+def comma_list(text: str, kind: type, option_name: str) -> tuple:
+    """``"1.0,0.5"`` -> ``(1.0, 0.5)``: how lists are written on a command line."""
+    try:
+        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise IgcamError(f"{option_name} must be a comma-separated list of {kind.__name__} "
+                         f"values, got {text!r}") from None
+
+
+# The options most steps share, so that their help reads the same everywhere.
+
+
+def run_dir() -> Any:
+    return option(REQUIRED, "Run directory holding every step's artifacts (created if missing).",
+                  short="-r")
+
+
+def device() -> Any:
+    return option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
+
+
+def strict() -> Any:
+    return option(False, "Stop at the first unreadable image instead of warning, skipping and "
+                         "counting it.")
+
+
+def overwrite() -> Any:
+    return option(False, "Redo images whose output already exists (default: skip them, so "
+                         "reruns resume).")
+
+
+def shard() -> Any:
+    return option(None, "I/N: process only every N-th image starting at I (0-based), for "
+                        "cluster array jobs.")
+
+
+def workers(default: int = 1) -> Any:
+    return option(default, "Worker processes for CPU-bound work.", min=1)
+
+
+def checkpoint() -> Any:
+    return option(None, "Classifier checkpoint (default RUN/train-cls/classifier.pt).")
+
+
+def out(default: str) -> Any:
+    return option(None, f"Output folder (default {default}).")
+
+
+def scales(default: tuple[float, ...]) -> Any:
+    return option(default, "Comma-separated CAM scales.")
+

@@ -1,0 +1,149 @@
+"""``igcam eval`` with its ground truth, split and class list taken from the dataset's format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import igcam
+from PIL import Image
+
+from igcam_cli.artifacts import write_cam
+from igcam_cli.datasets import DatasetSpec, load_dataset
+from igcam_cli.errors import IgcamError
+from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
+
+THRESHOLDS = "0.2,0.4,0.6"
+
+
+@pytest.fixture(scope="module")
+def noisy_cams(tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CAM files made from the masks plus noise (so mIoU is neither 0 nor 1), one image left out
+    so that the split, not the folder, decides what is scored."""
+    folder = tmp_path_factory.mktemp("cams")
+    rng = np.random.default_rng(0)
+    for sample in load_dataset(DatasetSpec(voc=tiny_voc)).samples[1:]:
+        mask = np.array(Image.open(sample.mask))
+        classes = np.array(sample.labels, dtype=np.int64)
+        cams = np.stack([(mask == c + 1) * 0.6 + rng.random(mask.shape) * 0.5 for c in classes])
+        cams /= cams.reshape(len(cams), -1).max(axis=1)[:, None, None]
+        write_cam(folder / f"{sample.id}.npz", classes, cams, np.zeros(5), sample.image)
+    return folder
+
+
+def _explicit(tiny_voc: Path, cams: Path, gt: Path | None = None) -> EvalConfig:
+    """The ground truth, split and class list spelt out as files, as before datasets."""
+    return EvalConfig(
+        gt=gt or tiny_voc / "SegmentationClass", cams=cams, thresholds=THRESHOLDS,
+        dataset=EvalData(split=str(tiny_voc / "ImageSets" / "Segmentation" / "train.txt"),
+                         classes=tiny_voc / "classes.txt"))
+
+
+def test_dataset_gives_the_same_scores_as_explicit_files(tiny_voc: Path, noisy_cams: Path
+                                                         ) -> None:
+    explicit = evaluate(_explicit(tiny_voc, noisy_cams))
+    from_dataset = evaluate(EvalConfig(cams=noisy_cams, thresholds=THRESHOLDS,
+                                       dataset=EvalData(voc=tiny_voc)))
+    assert 0 < explicit["miou"] < 1
+    assert explicit["images"] == 24 and explicit["missing_or_failed"] == 1
+    assert from_dataset == explicit
+    assert list(from_dataset["iou"])[1] == "disc"  # the class list came from ROOT/classes.txt
+
+
+def test_cli_voc_root_matches_gt_and_split_files(tiny_voc: Path, noisy_cams: Path,
+                                                 tmp_path: Path) -> None:
+    split = tiny_voc / "ImageSets" / "Segmentation" / "train.txt"
+    runs = {
+        "files": ("--gt", tiny_voc / "SegmentationClass", "--split", split,
+                  "--classes", tiny_voc / "classes.txt"),
+        "dataset": ("--voc", tiny_voc),
+    }
+    reports = {}
+    for name, args in runs.items():
+        out = tmp_path / f"{name}.json"
+        result = igcam("eval", "--cams", noisy_cams, "--thresholds", THRESHOLDS, *args,
+                       "--out", out)
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads(out.read_text())
+        assert manifest["inputs"]["gt"] == str(tiny_voc / "SegmentationClass")
+        reports[name] = manifest["report"]
+    assert reports["dataset"]["miou"] == reports["files"]["miou"]
+    assert reports["dataset"] == reports["files"]
+
+
+def test_gt_alone_still_scores_every_prediction(tiny_voc: Path, noisy_cams: Path) -> None:
+    report = evaluate(EvalConfig(gt=tiny_voc / "SegmentationClass", cams=noisy_cams,
+                                 thresholds=THRESHOLDS,
+                                 dataset=EvalData(classes=tiny_voc / "classes.txt")))
+    assert report["images"] == 23 and report["missing_or_failed"] == 0
+
+
+def test_dataset_split_falls_back_to_imagesets_main(tiny_voc: Path, noisy_cams: Path,
+                                                    tmp_path: Path) -> None:
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_voc, root)
+    main = root / "ImageSets" / "Main"
+    main.mkdir()
+    (root / "ImageSets" / "Segmentation" / "train.txt").rename(main / "train.txt")
+    (main / "val.txt").write_text("demo_0000\ndemo_0001\n")
+    report = evaluate(EvalConfig(cams=noisy_cams, thresholds=THRESHOLDS,
+                                 dataset=EvalData(voc=root, split="val")))
+    assert report["images"] == 2 and report["missing_or_failed"] == 1  # demo_0000 has no CAM
+    assert evaluate(EvalConfig(cams=noisy_cams, thresholds=THRESHOLDS,
+                               dataset=EvalData(voc=root)))["images"] == 24
+
+
+def test_gt_option_overrides_the_dataset_ground_truth(tiny_voc: Path, noisy_cams: Path,
+                                                      tmp_path: Path) -> None:
+    gt = tmp_path / "gt"
+    shutil.copytree(tiny_voc / "SegmentationClass", gt)
+    blank = gt / "demo_0001.png"
+    Image.fromarray(np.zeros_like(np.array(Image.open(blank)))).save(blank)
+    overridden = evaluate(EvalConfig(gt=gt, cams=noisy_cams, thresholds=THRESHOLDS,
+                                     dataset=EvalData(voc=tiny_voc)))
+    assert overridden == evaluate(_explicit(tiny_voc, noisy_cams, gt=gt))
+    assert overridden["miou"] != evaluate(_explicit(tiny_voc, noisy_cams))["miou"]
+
+
+def test_no_ground_truth_is_a_one_line_error(tiny_voc: Path, noisy_cams: Path,
+                                             tmp_path: Path) -> None:
+    with pytest.raises(IgcamError, match="no ground truth: give --gt DIR"):
+        evaluate(EvalConfig(cams=noisy_cams))
+    with pytest.raises(IgcamError, match="no ground truth"):  # a folder has no masks
+        evaluate(EvalConfig(cams=noisy_cams,
+                            dataset=EvalData(images=tiny_voc / "JPEGImages")))
+    result = igcam("eval", "--cams", noisy_cams)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no ground truth"), result.stderr
+
+
+def test_eval_data_defaults_the_split_name_only_for_a_dataset() -> None:
+    assert EvalData().split is None
+    assert EvalData(voc=Path("root")).spec() == DatasetSpec(voc=Path("root"))
+    assert EvalData(voc=Path("root"), split="val").spec().split == "val"
+    spec = DatasetSpec(voc=Path("root"), split="val", classes=Path("c.txt"))
+    assert EvalData.of(spec).spec() == spec
+
+
+def test_run_evaluates_through_the_dataset_format(tiny_voc: Path, tmp_path: Path) -> None:
+    """``igcam run`` scores the split it trained on, even one only under ImageSets/Main."""
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_voc, root)
+    main = root / "ImageSets" / "Main"
+    main.mkdir()
+    ids = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:12]
+    (main / "half.txt").write_text("\n".join(ids) + "\n")
+    run = tmp_path / "run"
+    result = igcam("run", "--run", run, "--voc", root, "--split", "half", "--epochs", "1",
+                   "--crop", "64", "--batch-size", "8", "--scales", "1.0", "--no-crf",
+                   "--device", "cpu", "--vis", "2")
+    assert result.returncode == 0, result.stderr
+    for name in ("seed", "mask"):
+        manifest = json.loads((run / "eval" / f"{name}.json").read_text())
+        assert manifest["inputs"]["gt"] == str(root / "SegmentationClass")
+        assert manifest["report"]["images"] == 12 and manifest["report"]["missing_or_failed"] == 0
+    assert len(list((run / "vis").glob("*.jpg"))) == 2
