@@ -15,7 +15,7 @@ import sys
 import typing
 import warnings
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from typer.exceptions import Abort, TyperException
@@ -66,6 +66,8 @@ def _parameters(cls: type, prefix: str = "", help_prefix: str = "") -> list[insp
             default = f.default_factory()
         else:
             default = ...  # a required option
+        if meta["choices"] is not None:  # the parser lists and checks them
+            kind = Literal[meta["choices"]]
         if kind in LISTS:
             kind, default = str, ",".join(map(str, default)) if default is not ... else ...
         decls = [meta["flag"] or (f"--{stem}/--no-{stem}" if kind is bool else f"--{stem}")]

@@ -11,7 +11,7 @@ is flattened into its fields' options (``DatasetSpec`` gives every step the same
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field
+from dataclasses import MISSING, field, fields
 from typing import Any
 
 from igcam_cli.errors import IgcamError
@@ -20,15 +20,49 @@ REQUIRED: Any = MISSING  # the default of an option that has none
 
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-           flag: str | None = None, short: str | None = None, prefix: str = "") -> Any:
+           above: float | None = None, below: float | None = None,
+           choices: tuple[str, ...] | None = None, flag: str | None = None,
+           short: str | None = None) -> Any:
     """A dataclass field that is also a command-line option.
 
-    ``flag`` overrides the option's name (``--head-bias/--no-head-bias``), ``short`` adds a
-    one-letter alias, ``min``/``max`` are checked by the parser; ``REQUIRED`` makes the option
-    one a user must give.
+    Bounds (``min``/``max`` inclusive, ``above``/``below`` exclusive) and ``choices`` are
+    declared once, here: the parser shows and enforces them, and :func:`check` enforces them
+    for configs built in Python. ``flag`` overrides the option's name
+    (``--head-bias/--no-head-bias``), ``short`` adds a one-letter alias, and ``REQUIRED``
+    makes the option one a user must give.
     """
-    metadata = {"help": help, "min": min, "max": max, "flag": flag, "short": short}
+    metadata = {"help": help, "min": min, "max": max, "above": above, "below": below,
+                "choices": choices, "flag": flag, "short": short}
     return field(default=default, metadata=metadata)
+
+
+def _bounds(meta: dict[str, Any]) -> str:
+    low = (f"at least {meta['min']}" if meta["min"] is not None
+           else f"above {meta['above']}" if meta["above"] is not None else "")
+    high = (f"at most {meta['max']}" if meta["max"] is not None
+            else f"below {meta['below']}" if meta["below"] is not None else "")
+    return " and ".join(part for part in (low, high) if part)
+
+
+def check(config: Any, prefix: str = "") -> None:
+    """Raise a one-line :class:`IgcamError` for the first option of ``config`` (a dataclass,
+    nested ones included) outside its declared bounds or choices; ``prefix`` is the options'
+    command-line prefix (``ccam-`` for ``--ccam-rounds``)."""
+    for f in fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if meta.get("nested"):
+            check(value, prefix + meta["prefix"])
+        if "help" not in meta or value is None:
+            continue
+        name = "--" + prefix + f.name.replace("_", "-")
+        if meta["choices"] is not None and value not in meta["choices"]:
+            raise IgcamError(f"{name} must be one of {', '.join(meta['choices'])}, "
+                             f"got {value!r}")
+        low, high = meta["min"], meta["max"]
+        if ((low is not None and value < low) or (high is not None and value > high)
+                or (meta["above"] is not None and value <= meta["above"])
+                or (meta["below"] is not None and value >= meta["below"])):
+            raise IgcamError(f"{name} must be {_bounds(meta)}, got {value}")
 
 
 def nested(factory: type, prefix: str = "") -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,8 +20,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from igcam_cli.artifacts import Shard, StepRecord, ensure_dir, jsonable, remove_stale_temps
-from igcam_cli.datasets import Sample
+from igcam_cli import options
+from igcam_cli.artifacts import RunDir, Shard, StepRecord, ensure_dir, jsonable, remove_stale_temps
+from igcam_cli.datasets import DatasetSpec, Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import read_image
 
@@ -46,6 +47,25 @@ def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+@dataclass
+class DataStepConfig:
+    """The options of every step that reads a dataset into a run directory."""
+
+    run: Path = options.run_dir()
+    dataset: DatasetSpec = options.nested(DatasetSpec)
+
+
+@dataclass
+class ClassifierStepConfig(DataStepConfig):
+    """... and reads a trained classifier too (``cam``, ``influence``)."""
+
+    checkpoint: Path | None = options.checkpoint()
+
+    def classifier(self) -> Path:
+        """``--checkpoint``, else the run's stage-1 classifier."""
+        return self.checkpoint or RunDir(self.run).classifier()
 
 
 def resolve_device(name: str) -> torch.device:

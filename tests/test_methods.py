@@ -23,7 +23,7 @@ from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
-from igcam_cli.methods import METHODS, Chain, MethodContext, parse_methods
+from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import CamNet
 from igcam_cli.transforms import normalise, to_tensor
@@ -83,7 +83,8 @@ def test_method_contract(context: MethodContext, spec: str) -> None:
 def test_every_method_has_options_on_the_command_line_and_a_summary() -> None:
     cli = {p.name for p in _method_parameters()}
     for name, method in METHODS.items():
-        assert method.name == name and method.summary
+        assert method.name == name and method.__doc__
+        assert name + ": " in method_help()
         method.Options()  # the defaults are valid options
         fields = [f.name for f in dataclasses.fields(method.Options) if "help" in f.metadata]
         assert fields and all(f"{name}_{field}" in cli for field in fields), name

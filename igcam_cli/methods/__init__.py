@@ -54,7 +54,8 @@ class Chain:
 
 def method_help() -> str:
     """The ``--method`` help: one line per registered method."""
-    return " ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
+    return " ".join(f"{name}: {' '.join((method.__doc__ or '').split())}"
+                    for name, method in METHODS.items())
 
 
 __all__ = ["METHODS", "CamMethod", "Chain", "MethodContext", "method_help", "parse_methods"]

@@ -3,7 +3,7 @@
 Every method refines the maps of the method before it (the base CAM, or the previous one in a
 chain ``a+b``): it receives one image and its max-normalised maps of the image's classes and
 returns the same classes' maps. Set-up that is done once per ``igcam cam`` call (reading
-folders, building prototypes, checking options) goes in ``__init__``, which sees only a
+folders, building prototypes) goes in ``setup()``, which sees only a
 :class:`MethodContext`, never the step's whole config. The options dataclass declares each
 option with :func:`igcam_cli.options.option`; the CLI offers it as ``--<name>-<field>``.
 """
@@ -20,6 +20,7 @@ import torch
 from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import Dataset, Sample
 from igcam_cli.models import CamNet
+from igcam_cli.options import check
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,23 @@ class NoOptions:
 
 
 class CamMethod(abc.ABC):
-    """One CAM method; subclasses set ``name`` and ``Options`` and implement ``__call__``."""
+    """One CAM method; subclasses set ``name`` and ``Options`` and implement ``__call__``.
+
+    A subclass's docstring is its ``--method`` help in ``igcam cam --help``.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
-    summary: ClassVar[str]  # one line for ``igcam cam --help``
 
     def __init__(self, context: MethodContext, options: Any = None) -> None:
         self.context = context
         self.options = self.Options() if options is None else options
+        check(self.options, f"{self.name}-")
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027 - most methods need no set-up
+        """Work done once per ``igcam cam`` call, with ``self.context`` and ``self.options``
+        set: read folders, build prototypes; raise ``IgcamError`` for what cannot work."""
 
     @abc.abstractmethod
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 
 from igcam_cli.datasets import Sample
-from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import CamMethod
 from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import CamNet
@@ -47,36 +46,23 @@ class CcamConfig:
            "crops only).", min=0)
     fill_threshold: float = option(
         0.7, "Pixels whose map is above this are filled with the image's mean colour before "
-             "the next pass.")
+             "the next pass.", above=0, below=1)
     min_gain: float = option(
         0.02, "Stop a class early when a pass adds less than this share of the image to its "
-              "found area.")
+              "found area.", min=0, below=1)
     min_score: float = option(
         0.5, "Stop a class early when the classifier's probability for it on the hidden image "
-             "falls below this (nothing of the class is left to reveal).")
+             "falls below this (nothing of the class is left to reveal).", min=0, below=1)
     crops: bool = option(
         True, "Also fuse the CAMs of four corner crops meeting at the classes' centres of mass "
               "(4 more multi-scale CAMs per image).")
     crop_margin: float = option(
         0.1, "How far each crop reaches past the centres of mass, as a share of the image side "
-             "(0..0.5).")
+             "(0..0.5).", min=0, max=0.5)
     crop_size: int | None = option(
         None, "Long side the crops are zoomed to before their CAM. Default: the image's long "
               "side.", min=32)
 
-    def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise IgcamError("--ccam-rounds must be 0 or more")
-        if not 0 < self.fill_threshold < 1:
-            raise IgcamError("--ccam-fill-threshold must be between 0 and 1 (exclusive)")
-        if not 0 <= self.min_gain < 1:
-            raise IgcamError("--ccam-min-gain must be at least 0 and below 1")
-        if not 0 <= self.min_score < 1:
-            raise IgcamError("--ccam-min-score must be at least 0 and below 1")
-        if not 0 <= self.crop_margin <= 0.5:
-            raise IgcamError("--ccam-crop-margin must be between 0 and 0.5")
-        if self.crop_size is not None and self.crop_size < 32:
-            raise IgcamError("--ccam-crop-size must be at least 32 pixels")
 
 
 @torch.inference_mode()
@@ -150,12 +136,11 @@ def class_conditional(model: CamNet, image: torch.Tensor, cams: torch.Tensor, cl
 
 
 class ClassConditional(CamMethod):
-    """``--method ccam``: every image runs :func:`class_conditional`."""
+    """Class-conditional inference: hide what was found and re-run, plus crops around the
+    objects (up to rounds x classes + 4 more CAMs per image)."""
 
     name = "ccam"
     Options = CcamConfig
-    summary = ("class-conditional inference: hide what was found and re-run, plus crops "
-               "around the objects (up to rounds x classes + 4 more CAMs per image).")
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:

@@ -52,7 +52,6 @@ import torch
 import torch.nn.functional as F
 
 from igcam_cli.datasets import Sample
-from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import CamMethod
 from igcam_cli.methods.multiscale import views
 from igcam_cli.models import CamNet
@@ -64,19 +63,20 @@ from igcam_cli.transforms import normalise, resize
 class CpmcConfig:
     beta: float = option(
         8.0, "Power of the feature affinity (cosine similarity); higher keeps the CAM from "
-             "spreading beyond positions that look alike.")
+             "spreading beyond positions that look alike.", above=0)
     iterations: int = option(
         2, "Affinity propagation steps that refine the CAM before its prototype is taken (0: "
            "none).", min=0)
     threshold: float = option(
         0.5, "A map above this is confident: the refined CAM there gives the class prototype, "
-             "and it marks the 'high' side of a disagreement.")
+             "and it marks the 'high' side of a disagreement.", above=0, below=1)
     margin: float = option(
         0.3, "How far one map must exceed the other to count as a disagreement: prototype map "
              "above the CAM is a missed object part (added), CAM above the prototype map is "
-             "background (subtracted).")
+             "background (subtracted).", min=0, below=1)
     prototype_weight: float = option(
-        0.5, "Share of the prototype map, against the refined CAM, in the calibrated map, 0..1.")
+        0.5, "Share of the prototype map, against the refined CAM, in the calibrated map.",
+        min=0, max=1)
     complete: float = option(
         1.0, "Weight of the similarity to the object parts the CAM missed, added to complete "
              "the object.", min=0)
@@ -84,19 +84,6 @@ class CpmcConfig:
         0.25, "Weight of the similarity to where the CAM fires unlike its prototype, "
               "subtracted to remove background.", min=0)
 
-    def __post_init__(self) -> None:
-        if self.beta <= 0:
-            raise IgcamError("--cpmc-beta must be positive")
-        if self.iterations < 0:
-            raise IgcamError("--cpmc-iterations must be 0 or more")
-        if not 0 < self.threshold < 1:
-            raise IgcamError("--cpmc-threshold must be between 0 and 1")
-        if not 0 <= self.margin < 1:
-            raise IgcamError("--cpmc-margin must be between 0 and 1")
-        if not 0 <= self.prototype_weight <= 1:
-            raise IgcamError("--cpmc-prototype-weight must be between 0 and 1")
-        if self.complete < 0 or self.suppress < 0:
-            raise IgcamError("--cpmc-complete and --cpmc-suppress must be 0 or more")
 
 
 @torch.inference_mode()
@@ -161,12 +148,11 @@ def cpmc(model: CamNet, image: torch.Tensor, cams: torch.Tensor, config: CpmcCon
 
 
 class Cpmc(CamMethod):
-    """``--method cpmc``: the calibration needs nothing but the classifier."""
+    """Classifier-prototype mutual calibration: an affinity-refined CAM and a prototype CAM
+    correct each other, adding missed parts and removing background."""
 
     name = "cpmc"
     Options = CpmcConfig
-    summary = ("classifier-prototype mutual calibration: an affinity-refined CAM and a "
-               "prototype CAM correct each other, adding missed parts and removing background.")
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:

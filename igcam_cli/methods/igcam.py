@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 from igcam_cli.artifacts import influence_maps, read_npz
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
-from igcam_cli.methods.base import CamMethod, MethodContext
+from igcam_cli.methods.base import CamMethod
 from igcam_cli.models import CamNet
 from igcam_cli.options import option
 from igcam_cli.transforms import normalise
@@ -45,18 +45,13 @@ class GuidanceConfig:
     proposals: Path | None = option(None, "Proposal folder (default RUN/propose).")
     box_scores: str = option(
         "crop", "crop (classify each box's crop) or roi (RoI-align the feature map; faster, "
-                "weaker).")
+                "weaker).", choices=BOX_SCORES)
     candidates: int = option(50, "Best-ranked proposals scored per image.", min=1)
     top: int = option(20, "Boxes per class whose evidence is spread.", min=1)
-    box_weight: float = option(0.5, "Share of the box evidence in the fused map, 0..1.")
+    box_weight: float = option(0.5, "Share of the box evidence in the fused map.", min=0, max=1)
     crop_size: int = option(192, "Side of the box crops in crop mode.", min=32)
     batch: int = 50  # crops per forward pass
 
-    def __post_init__(self) -> None:
-        if self.box_scores not in BOX_SCORES:
-            raise IgcamError(f"--igcam-box-scores must be one of {', '.join(BOX_SCORES)}")
-        if not 0 <= self.box_weight <= 1:
-            raise IgcamError("--igcam-box-weight must be between 0 and 1")
 
 
 @torch.inference_mode()
@@ -123,16 +118,14 @@ def instance_guided(model: CamNet, image: torch.Tensor, cams: torch.Tensor, clas
 
 
 class InstanceGuided(CamMethod):
-    """``--method igcam``: the fusion for each image, reading its proposals (and influence
-    maps, with ``--influence``) from disk."""
+    """CAM fused with the evidence of object proposals (needs `igcam propose`; --influence also
+    weights the boxes by the spatial influence maps)."""
 
     name = "igcam"
     Options = GuidanceConfig
-    summary = ("CAM fused with the evidence of object proposals (needs `igcam propose`; "
-               "--influence also weights the boxes by the spatial influence maps).")
 
-    def __init__(self, context: MethodContext, options: GuidanceConfig | None = None) -> None:
-        super().__init__(context, options)
+    def setup(self) -> None:
+        context = self.context
         self.proposals = self.options.proposals or context.run.step("propose")
         if not self.proposals.is_dir():
             raise IgcamError(f"--method igcam needs proposals: {self.proposals} not found "

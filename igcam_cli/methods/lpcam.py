@@ -83,9 +83,6 @@ class LpcamConfig:
     seed: int = option(0, "Seed of the feature sampling and the k-means initialisation.")
 
     def __post_init__(self) -> None:
-        for name in ("k", "samples", "iters"):
-            if getattr(self, name) < 1:
-                raise IgcamError(f"--lpcam-{name} must be at least 1")
         if self.samples < self.k:
             raise IgcamError("--lpcam-samples must be at least --lpcam-k")
 
@@ -322,15 +319,14 @@ def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.
 
 
 class Lpcam(CamMethod):
-    """``--method lpcam``: maps from the run's prototypes (computed on first use)."""
+    """Similarity to class prototypes clustered from the training images' local features (built
+    once into RUN/prototypes)."""
 
     name = "lpcam"
     Options = LpcamConfig
-    summary = ("similarity to class prototypes clustered from the training images' local "
-               "features (built once into RUN/prototypes).")
 
-    def __init__(self, context: MethodContext, options: LpcamConfig | None = None) -> None:
-        super().__init__(context, options)
+    def setup(self) -> None:
+        context = self.context
         vectors, self.present = class_vectors(prototypes(context, self.options),
                                               context.dataset.num_classes)
         self.vectors = vectors.to(context.device)

@@ -26,7 +26,7 @@ from igcam_cli.artifacts import influence_maps, read_npz
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.models import FPN_LEVELS, CamNet
-from igcam_cli.options import option
+from igcam_cli.options import check, option
 from igcam_cli.transforms import normalise, resize, scaled_size
 
 # (B, D, h, w) stride-16 features of a batch of views -> (B, M, h, w) maps
@@ -102,10 +102,11 @@ class LevelFusionConfig:
     attention: str = option(
         "none", "FPN classifiers: none (every level's normalised CAM weighs the same) or "
                 "influence (per image and class, a softmax over the levels of how well each "
-                "level's CAM correlates with the spatial influence map of --influence).")
+                "level's CAM correlates with the spatial influence map of --influence).",
+        choices=LEVEL_ATTENTION)
     temperature: float = option(
         0.1, "FPN classifiers, --fpn-attention influence: softmax temperature over the levels' "
-             "correlations; lower gives the best-agreeing level more weight.")
+             "correlations; lower gives the best-agreeing level more weight.", above=0)
 
 
 @torch.inference_mode()
@@ -171,10 +172,7 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
     if not fusion.levels or not set(fusion.levels) <= set(FPN_LEVELS):
         raise IgcamError(f"--fpn-levels must be a comma list of {', '.join(FPN_LEVELS)}, got "
                          f"{','.join(fusion.levels)!r}")
-    if fusion.attention not in LEVEL_ATTENTION:
-        raise IgcamError(f"--fpn-attention must be one of {', '.join(LEVEL_ATTENTION)}")
-    if fusion.temperature <= 0:
-        raise IgcamError("--fpn-temperature must be positive")
+    check(fusion, "fpn-")
     levels = sorted({FPN_LEVELS.index(name) for name in fusion.levels})
     maps_dir = None
     if fusion.attention == "influence":

@@ -23,24 +23,21 @@ import torch
 
 from igcam_cli import options
 from igcam_cli.artifacts import RunDir, Shard, fingerprint, sha256_file, write_cam
-from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
+from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams
 from igcam_cli.models import check_classes, load_classifier
 from igcam_cli.options import option
-from igcam_cli.runner import ImageStep, resolve_device
+from igcam_cli.runner import ClassifierStepConfig, ImageStep, resolve_device
 from igcam_cli.transforms import normalise, to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
 @dataclass
-class CamConfig:
-    run: Path = options.run_dir()
-    dataset: DatasetSpec = options.nested(DatasetSpec)
-    checkpoint: Path | None = options.checkpoint()
+class CamConfig(ClassifierStepConfig):
     out: Path | None = options.out("RUN/cam, or RUN/cam-METHOD for --method METHOD")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     flip: bool = option(True, "Add each scale's horizontal flip.")
@@ -73,7 +70,7 @@ def cam(config: CamConfig) -> Path:
     shard = Shard.parse(config.shard)
     names = parse_methods(config.method)
     run = RunDir(config.run)
-    checkpoint = config.checkpoint or run.classifier()
+    checkpoint = config.classifier()
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
     model = model.to(memory_format=torch.channels_last)

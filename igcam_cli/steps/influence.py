@@ -48,12 +48,12 @@ from igcam_cli.artifacts import (
     write_scores,
     write_torch,
 )
-from igcam_cli.datasets import DatasetSpec, Sample, load_dataset, multi_hot
+from igcam_cli.datasets import Sample, load_dataset, multi_hot
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.models import CamNet, check_classes, load_classifier
 from igcam_cli.options import option
-from igcam_cli.runner import ImageStep, console, resolve_device, track
+from igcam_cli.runner import ClassifierStepConfig, ImageStep, console, resolve_device, track
 from igcam_cli.transforms import normalise, resize, scaled_size, to_tensor
 
 PARAM_SETS = ("head", "layer4", "all")
@@ -61,22 +61,20 @@ SOLVERS = ("exact", "cg", "lissa")
 
 
 @dataclass
-class InfluenceConfig:
-    run: Path = options.run_dir()
-    dataset: DatasetSpec = options.nested(DatasetSpec)
-    checkpoint: Path | None = options.checkpoint()
+class InfluenceConfig(ClassifierStepConfig):
     out: Path | None = options.out("RUN/influence")
     params: str = option(
         "head", "Parameters the Hessian covers: head (1x1 classifier, exact and fast), layer4 "
-                "(last backbone stage + head) or all (every trainable weight).")
+                "(last backbone stage + head) or all (every trainable weight).", choices=PARAM_SETS)
     solver: str = option(
         "exact", "Inverse-Hessian-vector product: exact (head only), cg (conjugate gradient on "
-                 "a fixed Hessian sample) or lissa (stochastic recursion).")
+                 "a fixed Hessian sample) or lissa (stochastic recursion).", choices=SOLVERS)
     damping: float = option(
-        0.01, "Added to the Hessian's diagonal; makes a few images' Hessian invertible.")
+        0.01, "Added to the Hessian's diagonal; makes a few images' Hessian invertible.",
+        above=0)
     holdout: float = option(
         0.2, "Share of the images (by a hash of the id) whose loss the influence is measured "
-             "on; the Hessian uses the rest.")
+             "on; the Hessian uses the rest.", above=0, below=1)
     iters: int = option(100, "CG iterations or LiSSA depth.", min=1)
     hessian_images: int = option(8, "Images per Hessian-vector product (layer4/all).", min=1)
     size: int = option(448, "Long side images are shrunk to for layer4/all.", min=32)
@@ -311,17 +309,12 @@ def spatial_map(model: CamNet, named: list[tuple[str, torch.nn.Parameter]], vect
 
 def influence(config: InfluenceConfig) -> Path:
     """Solve for the influence vector once, score every training image, write per-image maps."""
-    if config.solver not in SOLVERS:
-        raise IgcamError(f"--solver must be one of {', '.join(SOLVERS)}, got {config.solver!r}")
+    options.check(config)
     if config.solver == "exact" and config.params != "head":
         raise IgcamError("--solver exact inverts the head's Hessian only; use --solver cg or "
                          "lissa with --params layer4|all")
-    if not 0 < config.holdout < 1:
-        raise IgcamError("--holdout must be a fraction between 0 and 1")
-    if config.damping <= 0:
-        raise IgcamError("--damping must be positive (the Hessian of a few images is singular)")
     shard = Shard.parse(config.shard)
-    checkpoint = config.checkpoint or RunDir(config.run).classifier()
+    checkpoint = config.classifier()
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)
     named = selected_parameters(model, config.params)

@@ -40,11 +40,11 @@ from igcam_cli.artifacts import (
     read_npz,
     write_proposals,
 )
-from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
+from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.options import option
-from igcam_cli.runner import ImageStep
+from igcam_cli.runner import DataStepConfig, ImageStep
 
 # --mode -> the SelectiveSearchSegmentation method that sets up its strategies.
 MODES = {"fast": "switchToSelectiveSearchFast", "quality": "switchToSelectiveSearchQuality",
@@ -56,25 +56,24 @@ NEEDS_CONTRIB = ("propose needs opencv-contrib-python-headless (cv2.ximgproc); p
 
 
 @dataclass
-class ProposeConfig:
-    run: Path = options.run_dir()
-    dataset: DatasetSpec = options.nested(DatasetSpec)
+class ProposeConfig(DataStepConfig):
     out: Path | None = options.out("RUN/propose")
     mode: str = option(
         "fast", "Selective search strategy: fast (2 colour spaces x 3 segmentation scales), "
                 "quality (5 x 5, more similarity measures: slowest, most boxes) or single "
-                "(1 x 1: fastest, fewest boxes).")
+                "(1 x 1: fastest, fewest boxes).", choices=tuple(MODES))
     size: int = option(
         500, "Long side in pixels of the copy the search runs on; larger images are shrunk to "
-             "it and the boxes mapped back to the original pixels.")
+             "it and the boxes mapped back to the original pixels.", min=32)
     min_size: float = option(
-        0.02, "Drop boxes with a side shorter than this fraction of the image's shorter side.")
+        0.02, "Drop boxes with a side shorter than this fraction of the image's shorter side.",
+        min=0, below=1)
     max_aspect: float = option(
-        4.0, "Drop boxes whose long side is more than this many times their short side.")
+        4.0, "Drop boxes whose long side is more than this many times their short side.", min=1)
     nms_iou: float = option(
         0.7, "Non-maximum suppression: drop a box that overlaps a better-ranked one with more "
-             "than this IoU (1 keeps all).")
-    top: int = option(300, "Boxes kept per image, best-ranked first.")
+             "than this IoU (1 keeps all).", above=0, max=1)
+    top: int = option(300, "Boxes kept per image, best-ranked first.", min=1)
     workers: int = options.workers()
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
@@ -90,21 +89,6 @@ def _import_cv2() -> ModuleType:
     if not hasattr(cv2, "ximgproc"):
         raise IgcamError(NEEDS_CONTRIB)
     return cv2
-
-
-def _check(config: ProposeConfig) -> None:
-    if config.mode not in MODES:
-        raise IgcamError(f"--mode must be one of {', '.join(MODES)}, got {config.mode!r}")
-    if config.size < 32:
-        raise IgcamError("--size must be at least 32 (pixels)")
-    if not 0 <= config.min_size < 1:
-        raise IgcamError("--min-size must be in [0, 1) (a fraction of the image's shorter side)")
-    if config.max_aspect < 1:
-        raise IgcamError("--max-aspect must be at least 1")
-    if not 0 < config.nms_iou <= 1:
-        raise IgcamError("--nms-iou must be in (0, 1]")
-    if config.top < 1:
-        raise IgcamError("--top must be at least 1")
 
 
 def selective_search(bgr: np.ndarray, mode: str) -> np.ndarray:
@@ -152,7 +136,7 @@ def propose_one(sample: Sample, config: ProposeConfig, out: Path) -> None:
 
 def propose(config: ProposeConfig) -> Path:
     """Write one proposal file per image; finished images are skipped unless ``overwrite``."""
-    _check(config)
+    options.check(config)
     _import_cv2()
     shard = Shard.parse(config.shard)
     step = ImageStep("propose", config.out or RunDir(config.run).step("propose"), config,

@@ -45,7 +45,8 @@ class RefineConfig:
               "(uncertain).")
     crf: bool = option(True, "Refine with DenseCRF (needs pydensecrf2).")
     crf_mode: str = option(
-        "labels", "labels: unaries from the seed labels (IRN); scores: from normalised CAMs.")
+        "labels", "labels: unaries from the seed labels (IRN); scores: from normalised CAMs.",
+        choices=CRF_MODES)
     crf_iters: int = option(10, "CRF mean-field iterations.", min=1)
     gt_prob: float = option(0.7, "Seed confidence in labels mode.")
     workers: int = options.workers()
@@ -116,8 +117,7 @@ def _refine_sample(sample: Sample, config: RefineConfig, out: Path) -> None:
 
 def refine(config: RefineConfig) -> Path:
     """Write one palette PNG per CAM file."""
-    if config.crf_mode not in CRF_MODES:
-        raise IgcamError(f"--crf-mode must be one of {', '.join(CRF_MODES)}")
+    options.check(config)
     if config.bg_threshold is not None and config.bg_threshold >= config.threshold:
         raise IgcamError("--bg-threshold must be below --threshold")
     if config.crf:

