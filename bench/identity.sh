@@ -3,7 +3,8 @@
 # bench/identity_compare.py. IGCAM is the command to run (default: igcam); a classifier folder
 # already in $RUN is reused, so the second version runs on the first one's classifiers:
 #   RUN=bench/runs/id-a IGCAM="python -m igcam_cli" bash bench/identity.sh
-#   mkdir -p bench/runs/id-b && cp -r bench/runs/id-a/train-cls* bench/runs/id-b/
+#   mkdir -p bench/runs/id-b/fpn && cp -r bench/runs/id-a/train-cls bench/runs/id-b/ \
+#     && cp -r bench/runs/id-a/fpn/train-cls bench/runs/id-b/fpn/
 #   RUN=bench/runs/id-b bash bench/identity.sh
 #   python bench/identity_compare.py bench/runs/id-a bench/runs/id-b
 # Part 1 is bench/coco128.sh's CAM -> seed -> refine chain on all 97 coco128-voc photos (a short
@@ -38,7 +39,9 @@ for method in igcam lpcam ccam cpmc lpcam+igcam; do
   ig cam --run "$RUN" "${S[@]}" --method "$method" --out "$RUN/m-$method"
 done
 ig cam --run "$RUN" "${S[@]}" --method igcam --influence "$RUN/influence" --out "$RUN/m-igcam-inf"
-ig cam --run "$RUN" "${S[@]}" --method igcam ${ROI_OPT:---box-scores} roi --out "$RUN/m-igcam-roi"
+# ROI_OPT: the option's name in the version being run (--box-scores before the redesign).
+ig cam --run "$RUN" "${S[@]}" --method igcam ${ROI_OPT:---igcam-box-scores} roi \
+  --out "$RUN/m-igcam-roi"
 ig train-cls --run "$RUN/fpn" --voc "$SUB" --fpn --epochs 1 --crop 256 --batch-size 4 \
   --device $DEVICE
 ig influence --run "$RUN/fpn" --voc "$SUB" --device $DEVICE

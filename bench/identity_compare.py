@@ -1,9 +1,9 @@
-"""Compare the outputs of two runs of bench/identity.sh array by array (not byte by byte:
-``np.savez_compressed`` stamps each member with the time it was written).
+"""Compare the outputs of two runs of bench/identity.sh: bytes first, then, for files whose
+bytes differ, their arrays, so that a difference is measured (float16 rounding or worse).
 
 Usage: python bench/identity_compare.py RUN_A RUN_B
-Prints one line per output folder: files compared, files that differ and the largest
-difference, then exits 1 if anything differs.
+Prints one line per output folder: files compared, files whose bytes differ, files whose
+arrays differ and the largest difference; exits 1 if any array differs.
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ def main(a: Path, b: Path) -> int:
             folders[str(path.parent.relative_to(a))].append(path)
     bad = 0
     for folder, files in folders.items():
-        differ, worst, missing = 0, 0.0, 0
+        differ, worst, missing, unequal_bytes = 0, 0.0, 0, 0
         for path in files:
             other = b / path.relative_to(a)
             if not other.is_file():
                 missing += 1
                 continue
+            if path.read_bytes() == other.read_bytes():
+                continue
+            unequal_bytes += 1
             x, y = arrays(path), arrays(other)
             if x.keys() != y.keys() or any(x[k].shape != y[k].shape for k in x):
                 differ += 1
@@ -47,8 +50,8 @@ def main(a: Path, b: Path) -> int:
                 differ += 1
                 worst = max(worst, *gaps)
         bad += differ + missing
-        print(f"{folder}: {len(files)} files, {differ} differ (max |diff| {worst:g}), "
-              f"{missing} missing in {b}")
+        print(f"{folder}: {len(files)} files, {unequal_bytes} with other bytes, {differ} with "
+              f"other arrays (max |diff| {worst:g}), {missing} missing in {b}")
     return 1 if bad else 0
 
 

@@ -216,6 +216,23 @@ def write_torch(path: Path, obj: Any) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
+def read_torch(path: Path, what: str) -> Any:
+    """A torch artifact (prototypes, influence solution, checkpoint) without unpickling code.
+
+    ``weights_only=True`` refuses anything but tensors and plain containers, so a tampered
+    file cannot run code; an unreadable one is a one-line error naming ``what`` it should be.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise IgcamError(f"{what} {path} not found") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IgcamError(f"{what} {path} cannot be loaded: {reason}") from None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

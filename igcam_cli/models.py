@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from igcam_cli.artifacts import read_torch
 from igcam_cli.backbones import Backbone, build_backbone
 from igcam_cli.errors import IgcamError
 
@@ -153,10 +154,7 @@ def load_classifier(path: Path, device: torch.device) -> tuple[CamNet, dict]:
     """Rebuild a trained classifier from an igcam checkpoint without unpickling code."""
     if not path.is_file():
         raise IgcamError(f"checkpoint {path} not found (run `igcam train-cls` first)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise IgcamError(f"checkpoint {path} cannot be loaded: {exc}") from None
+    payload = read_torch(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise IgcamError(f"{path} is not an igcam classifier checkpoint")
     backbone = build_backbone(payload["backbone"], pretrained=False)

@@ -50,6 +50,7 @@ from igcam_cli.artifacts import (
     fingerprint,
     jsonable,
     read_manifest,
+    read_torch,
     remove_stale_temps,
     sha256_file,
     write_torch,
@@ -287,7 +288,7 @@ def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.
         made = manifest.get("recipe", {})
         differs = [k for k in recipe if made.get(k) != recipe[k]]
         if not differs:
-            return torch.load(folder / PROTOTYPES_FILE, map_location="cpu", weights_only=True)
+            return read_torch(folder / PROTOTYPES_FILE, "prototypes")
         if options.prototypes is not None:
             raise IgcamError(f"{folder} holds prototypes made with another "
                              f"{', '.join(differs)}; pass a new --lpcam-prototypes folder")

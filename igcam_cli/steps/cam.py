@@ -65,6 +65,7 @@ class CamConfig(ClassifierStepConfig):
 
 def cam(config: CamConfig) -> Path:
     """Write one CAM file per image; finished images are skipped unless ``overwrite``."""
+    options.check(config)
     if not config.scales or any(s <= 0 for s in config.scales):
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
     shard = Shard.parse(config.shard)

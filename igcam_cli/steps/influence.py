@@ -42,6 +42,7 @@ from igcam_cli.artifacts import (
     Shard,
     ensure_dir,
     fingerprint,
+    read_torch,
     remove_stale_temps,
     sha256_file,
     write_influence_map,
@@ -331,8 +332,7 @@ def influence(config: InfluenceConfig) -> Path:
                      "images_fingerprint": fingerprint(s.id for s in samples)}
     key = _solution_key(config, checkpoint, samples)
     solution_path = out / SOLUTION_FILE
-    stored = (torch.load(solution_path, map_location="cpu", weights_only=True)
-              if solution_path.is_file() else None)
+    stored = read_torch(solution_path, "influence solution") if solution_path.is_file() else None
     if stored is not None and stored.get("key") == key and not config.overwrite:
         vector = stored["vector"]
         console.print(f"influence: reusing {solution_path}")

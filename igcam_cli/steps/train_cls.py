@@ -33,6 +33,7 @@ from igcam_cli.artifacts import (
     ensure_dir,
     fingerprint,
     jsonable,
+    read_torch,
     remove_stale_temps,
     sha256_file,
     write_json,
@@ -137,6 +138,7 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 def train_cls(config: TrainConfig) -> Path:
     """Train (or resume) the classifier; returns the path of the final checkpoint."""
+    options.check(config)
     stage = stage_class(config.stage)(config)
     out = ensure_dir(RunDir(config.run).train_cls(stage.folder))
     remove_stale_temps(out)
@@ -180,7 +182,7 @@ def train_cls(config: TrainConfig) -> Path:
         console.print(f"train-cls: starting over; pass --resume to continue from "
                       f"{existing[-1].name}")
     if config.resume and existing:
-        state = torch.load(existing[-1], map_location="cpu", weights_only=True)
+        state = read_torch(existing[-1], "epoch checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
