@@ -33,6 +33,7 @@ from igcam_cli.steps.propose import ProposeConfig, propose
 from igcam_cli.steps.refine import RefineConfig, refine
 from igcam_cli.steps.run import RunConfig, run
 from igcam_cli.steps.train_cls import TrainConfig, train_cls
+from igcam_cli.training import STAGES
 
 app = typer.Typer(
     name="igcam", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -111,25 +112,44 @@ def command(name: str, help: str, config: type, step: Callable[..., Any],
     app.command(name, help=help)(run_step)
 
 
-def _method_parameters() -> list[inspect.Parameter]:
-    return [p for method in METHODS.values()
-            for p in _parameters(method.Options, f"{method.name}-", f"{method.name}: ")]
+class RegistryOptions:
+    """The options of every part in a registry (CAM methods, training stages), for one command.
+
+    Each part's ``Options`` dataclass gives its options, named ``--<prefix><field>``; the parsed
+    values become ``{part name: options}`` in the config field ``into``.
+    """
+
+    def __init__(self, registry: dict[str, Any], into: str, prefixed: bool) -> None:
+        self.registry, self.into, self.prefixed = registry, into, prefixed
+
+    def _prefix(self, name: str) -> str:
+        return f"{name}-" if self.prefixed else ""
+
+    def parameters(self) -> list[inspect.Parameter]:
+        return [p for name, part in self.registry.items()
+                for p in _parameters(part.Options, self._prefix(name),
+                                     f"{name}: " if self.prefixed else "")]
+
+    def finish(self, config: Any, values: dict[str, Any]) -> Any:
+        return dataclasses.replace(config, **{self.into: {
+            name: _build(part.Options, values, self._prefix(name))
+            for name, part in self.registry.items()}})
 
 
-def _with_method_options(config: CamConfig, values: dict[str, Any]) -> CamConfig:
-    options = {name: _build(method.Options, values, f"{name}-") for name, method in METHODS.items()}
-    return dataclasses.replace(config, method_options=options)
+METHOD_OPTIONS = RegistryOptions(METHODS, "method_options", prefixed=True)
+# Stage options keep their historical names (--consistency-weight, --rcm-weight, ...).
+STAGE_OPTIONS = RegistryOptions(STAGES, "stage_options", prefixed=False)
 
 
 command("train-cls", "Train the multi-label classifier that CAMs are read from.",
-        TrainConfig, train_cls)
+        TrainConfig, train_cls, STAGE_OPTIONS.parameters(), STAGE_OPTIONS.finish)
 command("propose", "Object proposals per image by Selective Search: .npz boxes in original "
         "pixels.", ProposeConfig, propose)
 command("influence", "Influence of every training image on a held-out loss, and spatial "
         "influence maps.", InfluenceConfig, influence)
 command("cam", "Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 maps). "
         "Options named --METHOD-... belong to that --method.", CamConfig, cam,
-        _method_parameters(), _with_method_options)
+        METHOD_OPTIONS.parameters(), METHOD_OPTIONS.finish)
 command("refine", "CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 "
         "uncertain).", RefineConfig, refine)
 command("eval", "mIoU, per-class IoU, precision and recall over background + C classes (GT 255 "

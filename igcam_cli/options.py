@@ -11,7 +11,7 @@ is flattened into its fields' options (``DatasetSpec`` gives every step the same
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from igcam_cli.errors import IgcamError
@@ -34,6 +34,11 @@ def option(default: Any, help: str, *, min: float | None = None, max: float | No
     metadata = {"help": help, "min": min, "max": max, "above": above, "below": below,
                 "choices": choices, "flag": flag, "short": short}
     return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a part (method, training stage) that has none of its own."""
 
 
 def _bounds(meta: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from igcam_cli.artifacts import RunDir, write_proposals
 from igcam_cli.backbones import build_backbone
-from igcam_cli.cli import _method_parameters
+from igcam_cli.cli import METHOD_OPTIONS
 from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.errors import IgcamError
@@ -81,7 +81,7 @@ def test_method_contract(context: MethodContext, spec: str) -> None:
 
 
 def test_every_method_has_options_on_the_command_line_and_a_summary() -> None:
-    cli = {p.name for p in _method_parameters()}
+    cli = {p.name for p in METHOD_OPTIONS.parameters()}
     for name, method in METHODS.items():
         assert method.name == name and method.__doc__
         assert name + ": " in method_help()
@@ -122,4 +122,4 @@ def test_the_architecture_example_is_a_whole_method(context: MethodContext,
     options = module.Sharpen.Options(power=3.0)
     cubed = Chain(["sharpen"], context, {"sharpen": options})(sample, image, cams, classes)
     torch.testing.assert_close(cubed, normalise(cams ** 3))
-    assert "sharpen_power" in {p.name for p in _method_parameters()}
+    assert "sharpen_power" in {p.name for p in METHOD_OPTIONS.parameters()}

@@ -3,13 +3,15 @@ bounds and its check."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
 
-from igcam_cli.cli import _build, _parameters
+from igcam_cli.cli import STAGE_OPTIONS, _build, _parameters
 from igcam_cli.errors import IgcamError
 from igcam_cli.options import REQUIRED, check, nested, option
+from igcam_cli.training import STAGES
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,11 @@ def test_check_names_the_option_and_its_bounds(changes: dict, message: str) -> N
     check(Outer("x"))
     with pytest.raises(IgcamError, match=message):
         check(Outer(**{"name": "x", **changes}))
+
+
+def test_every_training_stage_option_is_a_train_cls_option() -> None:
+    names = {p.name for p in STAGE_OPTIONS.parameters()}
+    for stage in STAGES.values():
+        fields = [f.name for f in dataclasses.fields(stage.Options) if "help" in f.metadata]
+        assert all(name in names for name in fields), stage.name
+    assert {"consistency_weight", "rcm_weight", "mam_scales"} <= names

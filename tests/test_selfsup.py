@@ -101,7 +101,7 @@ def test_selfsup_stage_writes_a_classifier_cam_can_use(trained_run: Path, tiny_v
     assert (folder / "epoch-001.pt").is_file()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["stage"] == "self-sup"
-    assert manifest["config"]["selfsup"]["mam_scales"] == [0.5, 1.0]
+    assert manifest["config"]["stage_options"]["self-sup"]["mam_scales"] == [0.5, 1.0]
     trained = torch.load(checkpoint, weights_only=True)["model"]
     start = torch.load(stage1, weights_only=True)["model"]
     assert not torch.equal(trained["classifier.weight"], start["classifier.weight"])

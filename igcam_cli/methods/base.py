@@ -20,7 +20,7 @@ import torch
 from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import Dataset, Sample
 from igcam_cli.models import CamNet
-from igcam_cli.options import check
+from igcam_cli.options import NoOptions, check
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,6 @@ class MethodContext:
     checkpoint: Path  # the classifier file, whose hash keys artifacts built from it
     influence: Path | None  # an ``igcam influence`` folder, when the user gave one
     strict: bool
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """For a method without options of its own."""
 
 
 class CamMethod(abc.ABC):

@@ -41,6 +41,8 @@ from igcam_cli.transforms import normalise, resize, scaled_size
 
 @dataclass(frozen=True)
 class CcamConfig:
+    """How far ``ccam`` hides and re-runs, when it stops, and its crops."""
+
     rounds: int = option(
         5, "Most hide-and-re-run passes per class; each costs one more multi-scale CAM (0: "
            "crops only).", min=0)

@@ -61,6 +61,9 @@ from igcam_cli.transforms import normalise, resize
 
 @dataclass(frozen=True)
 class CpmcConfig:
+    """The affinity that refines the CAM, what counts as confident and as a disagreement, and
+    the weights of the four maps in the calibrated one."""
+
     beta: float = option(
         8.0, "Power of the feature affinity (cosine similarity); higher keeps the CAM from "
              "spreading beyond positions that look alike.", above=0)

@@ -30,8 +30,7 @@ class RunConfig(DataStepConfig):
     epochs: int | None = option(None, "Epochs (default: scaled to the data).", min=1)
     batch_size: int = option(16, "Images per batch.", min=1)
     crop: int = option(512, "Training crop side.", min=32)
-    lr: float | None = option(
-        None, "Backbone learning rate (default per backbone, see train-cls).")
+    lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     threshold: float | None = option(
         None, "Background threshold for the masks. Default: the best of the seed sweep when "

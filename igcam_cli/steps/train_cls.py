@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from igcam_cli.metrics import mean_average_precision
 from igcam_cli.models import CamNet, save_checkpoint_payload
 from igcam_cli.options import option
 from igcam_cli.runner import DataStepConfig, console, progress_bar, readable, resolve_device
-from igcam_cli.training import SelfSupConfig, stage_class
+from igcam_cli.training import stage_class
 from igcam_cli.transforms import to_tensor, train_augment
 
 
@@ -63,8 +64,9 @@ class TrainConfig(DataStepConfig):
     epochs: int | None = option(
         None, "Epochs; default scales with the dataset (5 for VOC train_aug, up to 30).", min=1)
     batch_size: int = option(16, "Images per batch.", min=1)
-    crop: int = option(512, "Training crop side; images are resized to a random long side in "
-                            "[0.625, 1.25] x crop.", min=32)
+    crop: int = option(
+        512, "Training crop side; images are resized to a random long side in "
+             "[0.625, 1.25] x crop.", min=32)
     lr: float | None = option(
         None, "Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
               "EfficientNet-Lite; a tenth of that in stages 2 and self-sup.")
@@ -90,11 +92,6 @@ class TrainConfig(DataStepConfig):
               "re-weight each image's loss. Default: no re-weighting.")
     influence_strength: float = option(
         1.0, "Stages 2 and self-sup: weight = 2 sigmoid(-strength x standardised influence).")
-    consistency_weight: float = option(
-        1.0, "Stage 2: weight of the multi-scale CAM consistency loss (0 turns it off).")
-    boundary_weight: float = option(
-        0.1, "Stage 2: weight of the boundary-aware (edge-aware smoothness) loss.")
-    edge_gamma: float = 10.0
     fpn: bool = option(
         False, "Stage 1: add a feature pyramid (FPN) neck over the backbone's stride 4, 8, 16 "
                "and last stages, trained with a loss on every level, so that `igcam cam` can "
@@ -106,7 +103,8 @@ class TrainConfig(DataStepConfig):
         None, "Stage 1: give the classifier a logit bias, started at the label frequencies "
               "(CAMs never use it). Default: on with --fpn, off without.",
         flag="--head-bias/--no-head-bias")
-    selfsup: SelfSupConfig = options.nested(SelfSupConfig)
+    # Options of the training stages, by --stage name; a stage missing here gets its defaults.
+    stage_options: dict[str, Any] = field(default_factory=dict)
 
 
 def auto_epochs(num_images: int) -> int:
@@ -139,7 +137,7 @@ def _checkpoints(folder: Path) -> list[Path]:
 def train_cls(config: TrainConfig) -> Path:
     """Train (or resume) the classifier; returns the path of the final checkpoint."""
     options.check(config)
-    stage = stage_class(config.stage)(config)
+    stage = stage_class(config.stage)(config, config.stage_options.get(config.stage))
     out = ensure_dir(RunDir(config.run).train_cls(stage.folder))
     remove_stale_temps(out)
     final = out / CLASSIFIER_FILE
@@ -147,7 +145,9 @@ def train_cls(config: TrainConfig) -> Path:
         console.print(f"train-cls: {final} exists, skipping (delete it to retrain)")
         return final
     dataset = load_dataset(config.dataset, strict=config.strict)
-    record = StepRecord("train-cls", jsonable(asdict(config)))
+    # The manifest records the options of the stage that ran, not of every one registered.
+    record = StepRecord("train-cls", jsonable(asdict(replace(
+        config, stage_options={config.stage: stage.options}))))
     for problem in dataset.problems:
         record.warn(problem)
     record.count("failed", len(dataset.problems))

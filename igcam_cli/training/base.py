@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from igcam_cli.artifacts import StepRecord
 from igcam_cli.datasets import Sample
 from igcam_cli.models import CamNet
+from igcam_cli.options import NoOptions, check
 
 
 class StageSettings(Protocol):
@@ -46,9 +47,13 @@ class TrainingStage(abc.ABC):
     name: ClassVar[str]  # the --stage value
     folder: ClassVar[str | None]  # RUN/train-cls-<folder>/, or RUN/train-cls/ when None
     lr_factor: ClassVar[float]  # multiplies the backbone's default learning rate
+    # The stage's own options: each field an option() that `igcam train-cls` offers by name.
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, config: StageSettings) -> None:
+    def __init__(self, config: StageSettings, options: Any = None) -> None:
         self.config = config
+        self.options = self.Options() if options is None else options
+        check(self.options)
 
     @abc.abstractmethod
     def start(self, samples: list[Sample], class_names: tuple[str, ...],

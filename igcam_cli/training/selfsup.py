@@ -13,14 +13,13 @@ classification loss:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from igcam_cli.errors import IgcamError
 from igcam_cli.models import CamNet
 from igcam_cli.options import option
-from igcam_cli.training.finetune import FineTuneSettings, FineTuningStage
+from igcam_cli.training.finetune import FineTuningStage
 from igcam_cli.training.losses import frozen_copy, mam_loss, rcm_loss, support_cams
 
 
@@ -69,14 +68,11 @@ def selfsup_loss(support: CamNet, batch: torch.Tensor, features: torch.Tensor,
                 pixels=options.rcm_pixels))
 
 
-class SelfSupSettings(FineTuneSettings, Protocol):
-    selfsup: SelfSupConfig
-
-
 class SelfSup(FineTuningStage):
     name = "self-sup"
     folder = "selfsup"
-    config: SelfSupSettings
+    Options = SelfSupConfig
+    options: SelfSupConfig
     support: CamNet
 
     def prepare(self, model: CamNet) -> None:
@@ -88,4 +84,4 @@ class SelfSup(FineTuningStage):
         """Weighted classification + MAM + RCM against the SupportNet."""
         features, logits, loss, cams = self.weighted_loss(model, batch, target, weight)
         return logits, loss + selfsup_loss(self.support, batch, features, cams, target,
-                                           self.config.selfsup)
+                                           self.options)

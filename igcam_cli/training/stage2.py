@@ -12,34 +12,42 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 
 from igcam_cli.models import CamNet
-from igcam_cli.training.finetune import FineTuneSettings, FineTuningStage
+from igcam_cli.options import option
+from igcam_cli.training.finetune import FineTuningStage
 from igcam_cli.training.losses import boundary_loss, consistency_loss
 
 
-class Stage2Settings(FineTuneSettings, Protocol):
-    consistency_weight: float
-    boundary_weight: float
-    edge_gamma: float
+@dataclass(frozen=True)
+class Stage2Options:
+    """``--stage 2``: the weights of the two CAM terms added to the (influence-weighted)
+    classification loss; a weight of 0 leaves its term out."""
+
+    consistency_weight: float = option(
+        1.0, "Stage 2: weight of the multi-scale CAM consistency loss (0 turns it off).")
+    boundary_weight: float = option(
+        0.1, "Stage 2: weight of the boundary-aware (edge-aware smoothness) loss.")
+    edge_gamma: float = 10.0  # how sharply an image edge releases the smoothness penalty
 
 
 class Stage2(FineTuningStage):
     name = "2"
     folder = "stage2"
-    config: Stage2Settings
+    Options = Stage2Options
+    options: Stage2Options
 
     def loss(self, model: CamNet, batch: torch.Tensor, target: torch.Tensor,
              weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted classification + consistency + boundary (a zero weight skips its term)."""
-        config = self.config
+        options = self.options
         _, logits, loss, cams = self.weighted_loss(model, batch, target, weight)
-        if config.consistency_weight:
-            loss = loss + config.consistency_weight * consistency_loss(model, batch, cams, target)
-        if config.boundary_weight:
-            loss = loss + config.boundary_weight * boundary_loss(batch, cams, target,
-                                                                 config.edge_gamma)
+        if options.consistency_weight:
+            loss = loss + options.consistency_weight * consistency_loss(model, batch, cams, target)
+        if options.boundary_weight:
+            loss = loss + options.boundary_weight * boundary_loss(batch, cams, target,
+                                                                 options.edge_gamma)
         return logits, loss
