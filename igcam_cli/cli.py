@@ -1,39 +1,30 @@
 """The ``igcam`` command line, generated from the steps' config dataclasses.
 
-Each subcommand is one step's config class and function: its options are the config's
-:func:`igcam_cli.options.option` fields (help, bounds and default written once, there), and
-``igcam cam`` adds every registered CAM method's options (``--<method>-<field>``), so a new
-method or a new option never touches this file. Every user mistake surfaces as one
-``error: ...`` line and exit status 2, never a traceback.
+Each subcommand is one step's config class and function (:data:`COMMANDS`): its options are
+the config's :func:`igcam_cli.options.option` fields (help, bounds and default written once,
+there); ``igcam cam`` adds every registered CAM method's options (``--<method>-<field>``) and
+``igcam train-cls`` every training stage's, so a new method, stage or option never touches
+this file. Only the command being run is built (and its step imported). Every user mistake
+surfaces as one ``error: ...`` line and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import sys
 import typing
 import warnings
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import typer
 from typer.exceptions import Abort, TyperException
 
 from igcam_cli import __version__
-from igcam_cli.errors import IgcamError
-from igcam_cli.methods import METHODS
+from igcam_cli.errors import IgcamError, console
 from igcam_cli.options import comma_list
-from igcam_cli.runner import console
-from igcam_cli.steps.cam import CamConfig, cam
-from igcam_cli.steps.demo import DemoConfig, demo
-from igcam_cli.steps.eval import EvalConfig, evaluate
-from igcam_cli.steps.influence import InfluenceConfig, influence
-from igcam_cli.steps.propose import ProposeConfig, propose
-from igcam_cli.steps.refine import RefineConfig, refine
-from igcam_cli.steps.run import RunConfig, run
-from igcam_cli.steps.train_cls import TrainConfig, train_cls
-from igcam_cli.training import STAGES
 
 app = typer.Typer(
     name="igcam", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -97,30 +88,20 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def command(name: str, help: str, config: type, step: Callable[..., Any],
-            extra: list[inspect.Parameter] = (),
-            finish: Callable[[Any, dict[str, Any]], Any] | None = None) -> None:
-    """Register ``igcam NAME``: parse ``config``'s options (plus ``extra``), call ``step``.
-
-    ``finish(config, values)`` may complete the config from the ``extra`` options.
-    """
-    def run_step(**values: Any) -> None:
-        built = _build(config, values)
-        step(finish(built, values) if finish else built)
-
-    run_step.__signature__ = inspect.Signature([*_parameters(config), *extra])  # type: ignore
-    app.command(name, help=help)(run_step)
-
-
 class RegistryOptions:
     """The options of every part in a registry (CAM methods, training stages), for one command.
 
     Each part's ``Options`` dataclass gives its options, named ``--<prefix><field>``; the parsed
-    values become ``{part name: options}`` in the config field ``into``.
+    values become ``{part name: options}`` in the config field ``into``. The registry is
+    imported when first needed, so that commands which do not use it start fast.
     """
 
-    def __init__(self, registry: dict[str, Any], into: str, prefixed: bool) -> None:
-        self.registry, self.into, self.prefixed = registry, into, prefixed
+    def __init__(self, module: str, attribute: str, into: str, prefixed: bool) -> None:
+        self.module, self.attribute, self.into, self.prefixed = module, attribute, into, prefixed
+
+    @property
+    def registry(self) -> dict[str, Any]:
+        return getattr(importlib.import_module(self.module), self.attribute)
 
     def _prefix(self, name: str) -> str:
         return f"{name}-" if self.prefixed else ""
@@ -136,28 +117,68 @@ class RegistryOptions:
             for name, part in self.registry.items()}})
 
 
-METHOD_OPTIONS = RegistryOptions(METHODS, "method_options", prefixed=True)
+METHOD_OPTIONS = RegistryOptions("igcam_cli.methods", "METHODS", "method_options", prefixed=True)
 # Stage options keep their historical names (--consistency-weight, --rcm-weight, ...).
-STAGE_OPTIONS = RegistryOptions(STAGES, "stage_options", prefixed=False)
+STAGE_OPTIONS = RegistryOptions("igcam_cli.training", "STAGES", "stage_options", prefixed=False)
 
 
-command("train-cls", "Train the multi-label classifier that CAMs are read from.",
-        TrainConfig, train_cls, STAGE_OPTIONS.parameters(), STAGE_OPTIONS.finish)
-command("propose", "Object proposals per image by Selective Search: .npz boxes in original "
-        "pixels.", ProposeConfig, propose)
-command("influence", "Influence of every training image on a held-out loss, and spatial "
-        "influence maps.", InfluenceConfig, influence)
-command("cam", "Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 maps). "
-        "Options named --METHOD-... belong to that --method.", CamConfig, cam,
-        METHOD_OPTIONS.parameters(), METHOD_OPTIONS.finish)
-command("refine", "CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 "
-        "uncertain).", RefineConfig, refine)
-command("eval", "mIoU, per-class IoU, precision and recall over background + C classes (GT 255 "
-        "ignored).", EvalConfig, evaluate)
-command("run", "Every step in order in one run directory, skipping what is already done.",
-        RunConfig, run)
-command("demo", "Generate a small shapes dataset and run the whole pipeline on it (a few CPU "
-        "minutes).", DemoConfig, demo)
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, and where its step's config class and function live."""
+
+    help: str
+    step: str  # "module:Config:function"
+    registry: RegistryOptions | None = None  # the parts whose options it also takes
+
+    def register(self, name: str) -> None:
+        """Add ``igcam NAME`` to the app: parse the config's options, call the step."""
+        module, config_name, function = self.step.split(":")
+        imported = importlib.import_module(module)
+        config, step = getattr(imported, config_name), getattr(imported, function)
+        registry = self.registry
+
+        def run_step(**values: Any) -> None:
+            built = _build(config, values)
+            step(registry.finish(built, values) if registry else built)
+
+        extra = registry.parameters() if registry else []
+        run_step.__signature__ = inspect.Signature([*_parameters(config), *extra])  # type: ignore
+        app.command(name, help=self.help)(run_step)
+
+
+COMMANDS = {
+    "train-cls": Command("Train the multi-label classifier that CAMs are read from.",
+                         "igcam_cli.steps.train_cls:TrainConfig:train_cls", STAGE_OPTIONS),
+    "propose": Command("Object proposals per image by Selective Search: .npz boxes in original "
+                       "pixels.", "igcam_cli.steps.propose:ProposeConfig:propose"),
+    "influence": Command("Influence of every training image on a held-out loss, and spatial "
+                         "influence maps.", "igcam_cli.steps.influence:InfluenceConfig:influence"),
+    "cam": Command("Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 "
+                   "maps). Options named --METHOD-... belong to that --method.",
+                   "igcam_cli.steps.cam:CamConfig:cam", METHOD_OPTIONS),
+    "refine": Command("CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 "
+                      "uncertain).", "igcam_cli.steps.refine:RefineConfig:refine"),
+    "eval": Command("mIoU, per-class IoU, precision and recall over background + C classes (GT "
+                    "255 ignored).", "igcam_cli.steps.eval:EvalConfig:evaluate"),
+    "run": Command("Every step in order in one run directory, skipping what is already done.",
+                   "igcam_cli.steps.run:RunConfig:run"),
+    "demo": Command("Generate a small shapes dataset and run the whole pipeline on it (a few "
+                    "CPU minutes).", "igcam_cli.steps.demo:DemoConfig:demo"),
+}
+
+
+def _register(argv: list[str]) -> None:
+    """Build the command that ``argv`` runs; only the list of commands for anything else.
+
+    A step's module imports torch, which takes seconds: ``igcam --help``, ``--version`` and a
+    mistyped command should not wait for every step's.
+    """
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    if wanted in COMMANDS:
+        COMMANDS[wanted].register(wanted)
+        return
+    for name, entry in COMMANDS.items():  # the listing needs names and help only
+        app.command(name, help=entry.help)(lambda: None)
 
 
 def _version(value: bool) -> None:
@@ -178,11 +199,12 @@ def main() -> None:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     if len(sys.argv) == 1:
         sys.argv.append("--help")
+    _register(sys.argv[1:])
     try:
         code = app(standalone_mode=False)
     except TyperException as error:  # a bad option: one line as well, not the parser's box
         message = error.format_message() if hasattr(error, "format_message") else str(error)
-        command = [a for a in sys.argv[1:2] if not a.startswith("-")]
+        command = [a for a in sys.argv[1:2] if a in COMMANDS]
         console.print(f"[bold red]error:[/] {message} (see `{' '.join(['igcam', *command])} "
                       "--help`)", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,10 +22,9 @@ from rich.progress import (
 from igcam_cli import options
 from igcam_cli.artifacts import RunDir, Shard, StepRecord, ensure_dir, jsonable, remove_stale_temps
 from igcam_cli.datasets import DatasetSpec, Sample
-from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.errors import IgcamError, ImageProblem, console
 from igcam_cli.images import read_image
 
-console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
 T = TypeVar("T")
 
 
