@@ -16,10 +16,13 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
+import socket
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +35,8 @@ from PIL import Image
 
 from igcam_cli.errors import IgcamError, ImageProblem
 
-TMP_PREFIX = ".igcam-tmp-"
+TMP_PREFIX = ".igcam-tmp-"  # then <pid>@<host>@<name>.<random>: see remove_stale_temps
+STALE_ELSEWHERE_S = 24 * 3600  # a temp of another machine's process is stale after a day
 
 # The step folders of a run directory, named after the CLI subcommands that write them.
 STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "refine", "eval", "vis")
@@ -76,18 +80,47 @@ def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and parents) and check that files can be written in it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=TMP_PREFIX):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=TMP_PREFIX + _owner_tag()):
             pass
     except OSError as exc:
         raise IgcamError(f"output directory {path} is not writable: {exc.strerror or exc}") from exc
     return path
 
 
+def _owner_tag() -> str:
+    """``<pid>@<host>@``: which process on which machine a temporary file belongs to."""
+    return f"{os.getpid()}@{socket.gethostname()}@"
+
+
+def _is_stale(path: Path) -> bool:
+    """Whether a temporary file's writer is gone: a dead process of this machine, or a day old
+    (another machine's processes cannot be asked); names without an owner (older igcam) too."""
+    pid, host, rest = (path.name[len(TMP_PREFIX):].split("@", 2) + ["", ""])[:3]
+    if not pid.isdigit() or not rest:
+        return True
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > STALE_ELSEWHERE_S
+    except FileNotFoundError:
+        return False
+
+
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files left by a killed run; returns how many were removed."""
+    """Delete temporary files left by killed runs; returns how many were removed.
+
+    A shard of an array job writing into the same folder keeps its files: only the temps of
+    processes that are no longer running are stale.
+    """
     if not folder.is_dir():
         return 0
-    stale = list(folder.glob(TMP_PREFIX + "*"))
+    stale = [path for path in folder.glob(TMP_PREFIX + "*") if _is_stale(path)]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -105,7 +138,7 @@ FILE_MODE = _file_mode()
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + path.name + ".")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + _owner_tag() + path.name + ".")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
@@ -150,6 +183,23 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ImageProblem(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ImageProblem(f"{path}: unreadable or corrupt artifact ({exc})") from None
+
+
+def read_cam(path: Path) -> dict[str, np.ndarray]:
+    """A CAM file, checked: an inconsistent one is that image's problem, not a wrong mask."""
+    data = read_npz(path)
+    missing = {"classes", "cams", "scores", "image"} - set(data)
+    if missing:
+        raise ImageProblem(f"{path}: not a CAM file (no {', '.join(sorted(missing))})")
+    cams, classes, scores = data["cams"], data["classes"], data["scores"]
+    if (cams.ndim != 3 or classes.ndim != 1 or scores.ndim != 1 or len(classes) != len(cams)
+            or cams.dtype.kind != "f" or classes.dtype.kind not in "iu"):
+        raise ImageProblem(f"{path}: inconsistent CAM file (cams {cams.shape} {cams.dtype}, "
+                           f"classes {classes.shape} {classes.dtype})")
+    if len(classes) and not (0 <= classes.min() and classes.max() < min(len(scores), 255)):
+        raise ImageProblem(f"{path}: class ids {classes.tolist()} outside the classifier's "
+                           f"{len(scores)} classes")
+    return data
 
 
 def write_cam(path: Path, classes: np.ndarray, cams: np.ndarray, scores: np.ndarray,
@@ -225,11 +275,17 @@ def read_torch(path: Path, what: str) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on pickle protocols is not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise IgcamError(f"{what} {path} not found") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's own text for a file with code in it advises the unsafe weights_only=False.
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            reason = "it holds more than tensors, and igcam never unpickles code"
+        else:
+            reason = f"corrupt or truncated ({type(exc).__name__})"
         raise IgcamError(f"{what} {path} cannot be loaded: {reason}") from None
 
 

@@ -33,12 +33,21 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
+def _too_large(path: Path) -> ImageProblem:
+    """PIL refuses images past about 179 megapixels: a decompression bomb or a scan no CAM
+    step could hold in memory, so it is that image's problem, not the step's crash."""
+    return ImageProblem(f"{path}: image too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+                        "PIL's decompression-bomb limit)")
+
+
 def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
     except FileNotFoundError:
         raise ImageProblem(f"{path}: file not found") from None
+    except Image.DecompressionBombError:
+        raise _too_large(path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageProblem(f"{path}: unreadable or corrupt image ({exc})") from None
     return image
@@ -72,6 +81,8 @@ def image_size(path: Path) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise ImageProblem(f"{path}: file not found") from None
+    except Image.DecompressionBombError:
+        raise _too_large(path) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageProblem(f"{path}: unreadable or corrupt image ({exc})") from None
 

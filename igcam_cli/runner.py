@@ -42,9 +42,13 @@ def progress_bar(*extra_columns: TextColumn) -> Progress:
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
     with progress_bar() as bar:
         task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+        try:
+            for item in items:
+                yield item
+                bar.advance(task)
+        except BaseException:  # a stopped step ends on its error line alone, not a half bar
+            bar.update(task, visible=False)
+            raise
 
 
 @dataclass
@@ -93,6 +97,23 @@ def warn(record: StepRecord, problem: ImageProblem | str, strict: bool) -> None:
     record.count("failed")
     record.warn(str(problem))
     console.print(f"[yellow]warning:[/] {problem}")
+
+
+def record_problems(record: StepRecord, problems: list[str]) -> None:
+    """The dataset's per-image problems (found while listing it): failures, kept and shown."""
+    for problem in problems:
+        record.warn(problem)
+        console.print(f"[yellow]warning:[/] {problem}")
+    record.count("failed", len(problems))
+
+
+def summarise_warnings(record: StepRecord, manifest: Path, shown: int = 3) -> None:
+    """After a step's summary line: its first warnings and where all of them are, so that
+    "N failed" never stands without a reason on the terminal."""
+    for warning in record.warnings[:shown]:
+        console.print(f"  [yellow]warning:[/] {warning}")
+    if len(record.warnings) > shown:
+        console.print(f"  ... {len(record.warnings)} warnings in all, listed in {manifest}")
 
 
 def readable(samples: Iterable[Sample], record: StepRecord, strict: bool
@@ -168,9 +189,7 @@ class ImageStep:
 
     def problems(self, problems: list[str]) -> None:
         """Record the dataset's per-image problems (found while listing it) as failures."""
-        for problem in problems:
-            self.record.warn(problem)
-        self.record.count("failed", len(problems))
+        record_problems(self.record, problems)
 
     def select(self, samples: list[Sample]) -> list[Sample]:
         return self.shard.select(samples)
@@ -183,9 +202,10 @@ class ImageStep:
 
     def finish(self, written: str = "written", extra: str = "") -> Path:
         """Save the manifest and print ``NAME: N written, M already done, K failed -> OUT``."""
-        self.record.save(self.out, self.shard)
+        manifest = self.record.save(self.out, self.shard)
         counts = self.record.counts
         console.print(f"{self.name}: {counts.get('processed', 0)} {written}, "
                       f"{counts.get('skipped_done', 0)} already done, "
                       f"{counts.get('failed', 0)} failed{extra} -> {self.out}")
+        summarise_warnings(self.record, manifest)
         return self.out

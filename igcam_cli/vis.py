@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from igcam_cli.artifacts import ensure_dir, read_npz, write_image
+from igcam_cli.artifacts import ensure_dir, read_cam, write_image
 from igcam_cli.errors import ImageProblem
 from igcam_cli.images import IGNORE, read_image, read_label_map, voc_palette
 
@@ -33,7 +33,7 @@ def blend(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def overlay(cam_file: Path, mask_file: Path | None, gt_file: Path | None,
             max_side: int = 320) -> np.ndarray:
     """One row of panels for one image, scaled so its long side is ``max_side``."""
-    data = read_npz(cam_file)
+    data = read_cam(cam_file)
     image = read_image(Path(str(data["image"])))
     cams = data["cams"].astype(np.float32)
     if cams.shape[1:] != image.shape[:2]:

@@ -99,3 +99,28 @@ def test_devices_resolve_or_fail_with_one_message() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(IgcamError, match="no CUDA device"):
             resolve_device("cuda:1")
+
+
+def test_cleanup_keeps_the_temps_of_live_processes(tmp_path: Path) -> None:
+    """Every step removed all temps at start, so one shard could delete another's file."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead = int(finished.stdout)
+    live = tmp_path / f"{TMP_PREFIX}{os.getpid()}@{host}@a.npz.x1"
+    gone = tmp_path / f"{TMP_PREFIX}{dead}@{host}@b.npz.x2"
+    elsewhere = tmp_path / f"{TMP_PREFIX}{dead}@another-host@c.npz.x3"
+    for path in (live, gone, elsewhere):
+        path.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == 1
+    assert live.exists() and not gone.exists() and elsewhere.exists()
+    old = 2 * 24 * 3600
+    os.utime(elsewhere, (elsewhere.stat().st_atime - old, elsewhere.stat().st_mtime - old))
+    assert remove_stale_temps(tmp_path) == 1 and not elsewhere.exists()
+    write_npz(tmp_path / "d.npz", x=np.zeros(1))  # a write names its temp after its writer
+    assert list(tmp_path.glob(TMP_PREFIX + "*")) == [live] and (tmp_path / "d.npz").exists()

@@ -104,3 +104,92 @@ def test_cuda_device_without_a_gpu_is_a_user_error(tiny_voc: Path, tmp_path: Pat
     for device in ("cuda", "cuda:1"):
         _one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
                               device), f"--device {device}", "no CUDA device")
+
+
+def _copy_voc(tiny_voc: Path, root: Path, split: str) -> Path:
+    shutil.copytree(tiny_voc, root)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text(split)
+    return root
+
+
+@pytest.mark.parametrize("bad_id", ["../../escape", "x/slash", "bell\x07"])
+def test_ids_that_are_paths_are_refused(bad_id: str, tiny_voc: Path, trained_run: Path,
+                                        tmp_path: Path) -> None:
+    """A split naming ../../escape made cam read outside JPEGImages/ and write outside RUN/."""
+    root = _copy_voc(tiny_voc, tmp_path / "voc", f"demo_0000\n{bad_id}\n")
+    (tmp_path / "escape.jpg").write_bytes((tiny_voc / "JPEGImages" / "demo_0001.jpg").read_bytes())
+    for step, run in (("train-cls", tmp_path / "run"), ("cam", trained_run),
+                      ("propose", tmp_path / "run")):
+        device = () if step == "propose" else ("--device", "cpu")
+        _one_line_error(igcam(step, "--run", run, "--voc", root, *device),
+                        "train.txt line 2", "not an image id")
+    assert not list(tmp_path.rglob("escape.npz")) and not list(trained_run.parent.glob("*.npz"))
+
+
+def test_dataset_problems_are_shown_not_only_counted(tiny_voc: Path, trained_run: Path,
+                                                     tmp_path: Path) -> None:
+    root = _copy_voc(tiny_voc, tmp_path / "voc", "demo_0000\nnot_there\n")
+    result = igcam("cam", "--run", trained_run, "--voc", root, "--scales", "1.0", "--device",
+                   "cpu", "--out", tmp_path / "cams")
+    assert result.returncode == 0, result.stderr
+    assert "1 failed" in result.stderr and "not_there.jpg: file not found" in result.stderr
+
+
+def test_huge_images_are_a_per_image_problem(photos: Path, tiny_voc: Path,
+                                             tmp_path: Path) -> None:
+    """A 20000 x 20000 PNG raised PIL's DecompressionBombError as a traceback."""
+    from PIL import Image
+
+    Image.new("1", (20000, 20000)).save(photos / "huge.png")
+    with (photos.parent / "labels.csv").open("a") as labels:
+        labels.write("huge,disc\n")
+    result = _train(tmp_path / "run", photos, tiny_voc)
+    assert result.returncode == 0, result.stderr
+    assert "huge.png: image too large" in result.stderr and "Traceback" not in result.stderr
+    _one_line_error(_train(tmp_path / "strict", photos, tiny_voc, "--strict"), "huge.png")
+
+
+def test_corrupt_and_inconsistent_cam_files(tmp_path: Path) -> None:
+    """A 0-byte CAM printed only 'Aborted.'; random bytes a traceback; class 99 became mask 100."""
+    import numpy as np
+
+    from igcam_cli.artifacts import write_cam
+
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(image)
+    write_cam(cams / "good.npz", np.array([1]), np.ones((1, 16, 16)), np.full(3, 0.9), image)
+    write_cam(cams / "class99.npz", np.array([99]), np.ones((1, 16, 16)), np.full(3, 0.9), image)
+    (cams / "empty.npz").write_bytes(b"")
+    (cams / "noise.npz").write_bytes(bytes(range(256)) * 8)
+    result = igcam("refine", "--run", tmp_path / "run", "--cams", cams, "--no-crf")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "3 failed" in result.stderr, result.stderr
+    assert sorted(p.name for p in (tmp_path / "run" / "refine").glob("*.png")) == ["good.png"]
+    assert "class ids [99]" in result.stderr
+    _one_line_error(igcam("refine", "--run", tmp_path / "strict", "--cams", cams, "--no-crf",
+                          "--strict"), ".npz")
+
+
+def test_corrupt_checkpoints_are_one_line_and_never_advise_unsafe_loading(
+        tiny_voc: Path, tmp_path: Path) -> None:
+    import pickle
+
+    run = tmp_path / "run"
+    folder = run / "train-cls"
+    folder.mkdir(parents=True)
+    (folder / "classifier.pt").write_bytes(pickle.dumps({"model": object()}))
+    result = igcam("cam", "--run", run, "--voc", tiny_voc, "--device", "cpu")
+    _one_line_error(result, "classifier.pt", "never unpickles code")
+    assert "weights_only=False" not in result.stderr
+    (folder / "classifier.pt").unlink()
+    (folder / "epoch-001.pt").write_bytes(b"truncated")
+    _one_line_error(_train_voc(run, tiny_voc, "--resume"), "epoch-001.pt", "corrupt or truncated")
+
+
+def _train_voc(run: Path, tiny_voc: Path, *extra: str):
+    return igcam("train-cls", "--run", run, "--voc", tiny_voc, "--epochs", "1", "--crop", "64",
+                 "--batch-size", "8", "--loader-workers", "0", "--device", "cpu", *extra)

@@ -162,9 +162,12 @@ def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) ->
         assert np.allclose(a["cams"].astype(np.float32), b["cams"].astype(np.float32), atol=2e-3)
 
 
-def test_killed_training_resumes_to_the_same_weights(tiny_voc: Path, tmp_path: Path) -> None:
-    args = ("--voc", tiny_voc, "--epochs", "4", "--crop", "64", "--batch-size", "8",
-            "--loader-workers", "0", "--device", "cpu")
+@pytest.mark.parametrize("workers", [("--loader-workers", "0"), ()], ids=["0-workers", "defaults"])
+def test_killed_training_resumes_to_the_same_weights(workers: tuple[str, ...], tiny_voc: Path,
+                                                     tmp_path: Path) -> None:
+    """With the default persistent loader workers too: every epoch's augmentations reach them."""
+    args = ("--voc", tiny_voc, "--epochs", "4", "--crop", "64", "--batch-size", "8", *workers,
+            "--device", "cpu")
     clean = tmp_path / "clean"
     assert igcam("train-cls", "--run", clean, *args).returncode == 0
 
@@ -178,4 +181,17 @@ def test_killed_training_resumes_to_the_same_weights(tiny_voc: Path, tmp_path: P
     assert "resuming after epoch" in result.stderr
     a = torch.load(clean / "train-cls" / "classifier.pt", weights_only=True)["model"]
     b = torch.load(folder / "classifier.pt", weights_only=True)["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_does_not_depend_on_the_loader_workers(tiny_voc: Path, tmp_path: Path) -> None:
+    """Before, persistent workers repeated epoch 0's augmentations in every epoch."""
+    runs = []
+    for workers in ("0", "2"):
+        run = tmp_path / f"workers-{workers}"
+        result = igcam("train-cls", "--run", run, "--voc", tiny_voc, "--epochs", "2", "--crop",
+                       "64", "--batch-size", "8", "--loader-workers", workers, "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        runs.append(torch.load(run / "train-cls" / "classifier.pt", weights_only=True))
+    assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
+    assert all(torch.equal(runs[0]["model"][k], runs[1]["model"][k]) for k in runs[0]["model"])

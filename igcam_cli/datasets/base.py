@@ -99,11 +99,27 @@ def class_lookup(names: tuple[str, ...]) -> dict[str, int]:
     return {name.lower(): index for index, name in enumerate(names)}
 
 
+def check_id(image_id: str, where: str) -> str:
+    """``image_id`` if it names a file inside a folder, else a one-line error naming ``where``.
+
+    Every step turns ids into paths (``JPEGImages/<id>.jpg``, ``RUN/cam/<id>.npz``): an id
+    with a path separator, ``..`` or a control character would read or write outside the
+    dataset and the run directory.
+    """
+    if (not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in image_id)):
+        raise IgcamError(f"{where}: {image_id!r} is not an image id (ids name files inside "
+                         "the dataset's folders: no path separators, '..' or control "
+                         "characters)")
+    return image_id
+
+
 def read_split(path: Path) -> list[str]:
     """The image ids of a split file: the first word of every non-empty line."""
     if not path.is_file():
         raise IgcamError(f"split file {path} not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [check_id(line.split()[0], f"{path} line {number}")
+           for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     if not ids:
         raise IgcamError(f"split file {path} is empty")
     return ids

@@ -6,7 +6,14 @@ import csv
 import json
 from pathlib import Path
 
-from igcam_cli.datasets.base import Dataset, DatasetFormat, DatasetSpec, Sample, class_lookup
+from igcam_cli.datasets.base import (
+    Dataset,
+    DatasetFormat,
+    DatasetSpec,
+    Sample,
+    check_id,
+    class_lookup,
+)
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import list_images
 
@@ -81,5 +88,5 @@ class Folder(DatasetFormat):
         if missing:
             problems.append(f"{spec.labels}: {len(missing)} labelled image(s) not found in "
                             f"{folder}, e.g. {missing[0]}")
-        samples = [Sample(f.stem, f, labels.get(f.stem)) for f in files]
+        samples = [Sample(check_id(f.stem, str(f)), f, labels.get(f.stem)) for f in files]
         return Dataset(samples, class_names, problems)

@@ -19,7 +19,7 @@ import numpy as np
 from rich.table import Table
 
 from igcam_cli import options
-from igcam_cli.artifacts import StepRecord, ensure_dir, jsonable, read_npz
+from igcam_cli.artifacts import StepRecord, ensure_dir, jsonable, read_cam
 from igcam_cli.datasets import DatasetFormat, DatasetSpec, class_names, dataset_format, read_split
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import IGNORE, read_label_map
@@ -101,7 +101,7 @@ def _image_confusions(image_id: str, config: EvalConfig, gt_dir: Path, n: int,
             path = config.cams / f"{image_id}.npz"
             if not path.is_file():
                 return missing(), f"{image_id}: no CAM file"
-            data = read_npz(path)
+            data = read_cam(path)
             cams = data["cams"].astype(np.float32)
             classes = data["classes"].astype(np.int64)
             if cams.shape[1:] != gt.shape:

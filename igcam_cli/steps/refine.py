@@ -19,7 +19,7 @@ from igcam_cli import options
 from igcam_cli.artifacts import (
     RunDir,
     Shard,
-    read_npz,
+    read_cam,
 )
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
@@ -95,7 +95,7 @@ def dense_crf(image: np.ndarray, cams: np.ndarray, classes: np.ndarray,
 
 def refine_one(path: Path, config: RefineConfig, out: Path) -> None:
     """Refine one CAM file (module level so worker processes can run it)."""
-    data = read_npz(path)
+    data = read_cam(path)
     cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
     if config.crf and len(classes):
         image = read_image(Path(str(data["image"])))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.progress import TextColumn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from igcam_cli import options
@@ -47,7 +48,15 @@ from igcam_cli.images import read_image
 from igcam_cli.metrics import mean_average_precision
 from igcam_cli.models import CamNet, save_checkpoint_payload
 from igcam_cli.options import option
-from igcam_cli.runner import DataStepConfig, console, progress_bar, readable, resolve_device
+from igcam_cli.runner import (
+    DataStepConfig,
+    console,
+    progress_bar,
+    readable,
+    record_problems,
+    resolve_device,
+    summarise_warnings,
+)
 from igcam_cli.training import stage_class
 from igcam_cli.transforms import to_tensor, train_augment
 
@@ -112,21 +121,51 @@ def auto_epochs(num_images: int) -> int:
     return int(min(30, max(5, math.ceil(5 * 10582 / max(num_images, 1) / 8))))
 
 
+class _EpochSampler(Sampler):
+    """One epoch's shuffled indices, each paired with the epoch's number.
+
+    The order comes from the run's seed and the epoch alone, and the epoch travels with every
+    index to the loader's workers (persistent workers hold copies of the dataset made in the
+    first epoch, so a counter set on the dataset would never reach them): the batches and their
+    augmentations are the same whatever ``--loader-workers`` is, and a resumed run continues
+    exactly where the uninterrupted one would be.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        state = np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0]
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state)))
+        return ((self.epoch, index) for index in order.tolist())
+
+
 class _TrainImages(TorchDataset):
     def __init__(self, samples: list[Sample], num_classes: int, crop: int, seed: int,
                  fill: tuple[float, float, float], weights: list[float]) -> None:
         self.samples, self.num_classes, self.crop, self.fill = samples, num_classes, crop, fill
         self.seed, self.weights = seed, weights
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        epoch, index = item  # from _EpochSampler
         sample = self.samples[index]
-        # Seeded by (seed, epoch, index): a resumed run sees the same augmentations.
-        rng = np.random.default_rng((self.seed, self.epoch, index))
-        image = train_augment(to_tensor(read_image(sample.image)), self.crop, rng, self.fill)
+        # Seeded by (seed, epoch, index), whichever worker draws it: a resumed run, and a run
+        # with another --loader-workers, sees the same augmentations.
+        rng = np.random.default_rng((self.seed, epoch, index))
+        # On one thread, as in a loader worker: resizing on more threads rounds differently
+        # (by 1e-7), and the weights would then depend on --loader-workers.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            image = train_augment(to_tensor(read_image(sample.image)), self.crop, rng, self.fill)
+        finally:
+            torch.set_num_threads(threads)
         return image, multi_hot(sample.labels, self.num_classes), self.weights[index]
 
 
@@ -148,9 +187,7 @@ def train_cls(config: TrainConfig) -> Path:
     # The manifest records the options of the stage that ran, not of every one registered.
     record = StepRecord("train-cls", jsonable(asdict(replace(
         config, stage_options={config.stage: stage.options}))))
-    for problem in dataset.problems:
-        record.warn(problem)
-    record.count("failed", len(dataset.problems))
+    record_problems(record, dataset.problems)
     # Every training image is decoded once here, so a corrupt file is reported, not a crash
     # mid-epoch.
     samples = [sample for sample, _ in readable(dataset.labelled(), record, config.strict)]
@@ -169,7 +206,9 @@ def train_cls(config: TrainConfig) -> Path:
     images = _TrainImages(samples, dataset.num_classes, config.crop, config.seed,
                           fill=tuple(model.backbone.mean), weights=start.sample_weights)
     batch_size = min(config.batch_size, len(samples))
-    loader = DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True,
+    sampler = _EpochSampler(len(images), config.seed)
+    # Its own generator, for the workers' seeds: the global one drives stochastic depth.
+    loader = DataLoader(images, batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=config.loader_workers, pin_memory=device.type == "cuda",
                         persistent_workers=config.loader_workers > 0,
                         generator=torch.Generator().manual_seed(config.seed))
@@ -198,7 +237,7 @@ def train_cls(config: TrainConfig) -> Path:
         task = bar.add_task("train-cls", total=total_steps, loss=float("nan"),
                             completed=start_epoch * len(loader))
         for epoch in range(start_epoch, epochs):
-            images.epoch = epoch
+            sampler.epoch = epoch
             started, losses, scores, targets = time.perf_counter(), [], [], []
             for batch, target, weight in loader:
                 batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
@@ -226,10 +265,12 @@ def train_cls(config: TrainConfig) -> Path:
     record.counts["epochs"] = epochs
     record.extra.update(history=history, checkpoint_sha256=sha256_file(final))
     record.timings["per_epoch_s"] = round(float(np.mean([h["seconds"] for h in history])), 2)
-    record.save(out)
+    manifest = record.save(out)
     last = history[-1]
     console.print(f"train-cls: {epochs} epochs, final loss {last['loss']:.4f}, "
-                  f"train mAP {last['train_map']:.3f} -> {final}")
+                  f"train mAP {last['train_map']:.3f}, {record.counts.get('failed', 0)} images "
+                  f"failed -> {final}")
+    summarise_warnings(record, manifest)
     return final
 
 
