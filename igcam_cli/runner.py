@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -167,6 +168,23 @@ def _collect(outcomes: Iterable[str | None], total: int, record: StepRecord, str
             warn(record, message, strict)
 
 
+# Options that change how a step runs but not what it writes.
+NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "workers", "device"})
+
+
+def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What a step's outputs depend on: its config without the options that change none of
+    them, and the hashes of its inputs (the classifier)."""
+    recipe = {k: v for k, v in record.config.items() if k not in NO_OUTPUT_EFFECT | also_exempt}
+    recipe.update({k: v for k, v in record.inputs.items() if k.endswith("sha256")})
+    return recipe
+
+
+def recipe_differences(recipe: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The keys on which two recipes disagree."""
+    return sorted(key for key in recipe.keys() | other.keys() if other.get(key) != recipe.get(key))
+
+
 class ImageStep:
     """The prologue and epilogue of a per-image step, so that a step keeps only its one image.
 
@@ -194,9 +212,36 @@ class ImageStep:
     def select(self, samples: list[Sample]) -> list[Sample]:
         return self.shard.select(samples)
 
+    def check_recipe(self, overwrite: bool) -> None:
+        """Refuse to mix outputs made with other options (or inputs) in one folder.
+
+        The recipe is the config without the options that change no output, plus the hashes
+        of the inputs (the classifier); it goes into the manifest. A folder whose manifests
+        name another recipe is redone under ``--overwrite`` (their manifests removed), else
+        refused: skipping its files as "already done" would make the manifest describe files
+        that were made otherwise.
+        """
+        if "recipe" in self.record.extra:
+            return
+        recipe = self.record.extra["recipe"] = recipe_of(self.record)
+        made = {path: json.loads(path.read_text()).get("recipe")
+                for path in self.out.glob("manifest*.json")}
+        differs = sorted({key for other in made.values() if other is not None
+                          for key in recipe_differences(recipe, other)})
+        if not differs:
+            return
+        if not overwrite:
+            raise IgcamError(f"{self.out} holds {self.name} outputs made with another "
+                             f"{', '.join(differs)}: pass --overwrite to redo them, or another "
+                             "--out")
+        for path, other in made.items():
+            if other is not None and other != recipe:
+                path.unlink(missing_ok=True)
+
     def run(self, samples: list[Sample], fn: Callable[[Sample], None],
             output: Callable[[Sample], Path], *, overwrite: bool, strict: bool,
             workers: int = 1, description: str | None = None) -> None:
+        self.check_recipe(overwrite)
         run_per_image(samples, fn, output, self.record, overwrite=overwrite, strict=strict,
                       workers=workers, description=description or self.name)
 

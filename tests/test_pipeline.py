@@ -195,3 +195,38 @@ def test_training_does_not_depend_on_the_loader_workers(tiny_voc: Path, tmp_path
         runs.append(torch.load(run / "train-cls" / "classifier.pt", weights_only=True))
     assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
     assert all(torch.equal(runs[0]["model"][k], runs[1]["model"][k]) for k in runs[0]["model"])
+
+
+def test_outputs_made_with_other_options_are_refused_or_redone(trained: Path, tiny_voc: Path,
+                                                               tmp_path: Path) -> None:
+    """Before, a re-run with other scales reported '0 written, 24 already done' and rewrote
+    the manifest to claim the new options for files made with the old ones."""
+    out = tmp_path / "cam"
+    args = ("cam", "--run", trained, "--voc", tiny_voc, "--device", "cpu", "--out", out)
+    assert igcam(*args, "--scales", "1.0,0.5").returncode == 0
+    refused = igcam(*args, "--scales", "1.0", "--no-flip")
+    assert refused.returncode == 2, refused.stderr
+    assert "another flip, scales" in refused.stderr and "--overwrite" in refused.stderr
+    assert json.loads((out / "manifest.json").read_text())["config"]["scales"] == [1.0, 0.5]
+    redone = igcam(*args, "--scales", "1.0", "--no-flip", "--overwrite")
+    assert redone.returncode == 0, redone.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["scales"] == [1.0] and manifest["config"]["flip"] is False
+    assert manifest["counts"]["processed"] == 24
+    again = igcam(*args, "--scales", "1.0", "--no-flip", "--strict")  # same outputs: resumes
+    assert again.returncode == 0 and "24 already done" in again.stderr, again.stderr
+
+    masks = ("refine", "--run", trained, "--cams", out, "--out", tmp_path / "masks", "--no-crf")
+    assert igcam(*masks, "--threshold", "0.2").returncode == 0
+    other = igcam(*masks, "--threshold", "0.3")
+    assert other.returncode == 2 and "another threshold" in other.stderr, other.stderr
+
+
+def test_finished_training_with_other_options_is_refused(trained: Path, tiny_voc: Path) -> None:
+    """Before, `--resume --epochs 3` on a finished 2-epoch run said 'exists, skipping'."""
+    common = ("train-cls", "--run", trained, "--voc", tiny_voc, "--crop", "64", "--batch-size",
+              "8", "--device", "cpu", "--resume")
+    refused = igcam(*common, "--epochs", "3")
+    assert refused.returncode == 2 and "another epochs" in refused.stderr, refused.stderr
+    same = igcam(*common, "--epochs", "2", "--loader-workers", "2")  # changes no weight
+    assert same.returncode == 0 and "exists, skipping" in same.stderr, same.stderr

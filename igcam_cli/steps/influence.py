@@ -330,6 +330,7 @@ def influence(config: InfluenceConfig) -> Path:
     record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
                      "checkpoint_sha256": sha256_file(checkpoint),
                      "images_fingerprint": fingerprint(s.id for s in samples)}
+    step.check_recipe(config.overwrite)  # before the solution or any map is rewritten
     key = _solution_key(config, checkpoint, samples)
     solution_path = out / SOLUTION_FILE
     stored = read_torch(solution_path, "influence solution") if solution_path.is_file() else None
@@ -351,7 +352,7 @@ def influence(config: InfluenceConfig) -> Path:
         vector = solution.vector
         write_torch(solution_path, {"key": key, "names": solution.names, "vector": vector,
                                     "damping": config.damping})
-        record.extra = {"held_out": int(sum(held)), "fit": len(held) - int(sum(held))}
+        record.extra.update(held_out=int(sum(held)), fit=len(held) - int(sum(held)))
     console.print(f"influence: {len(samples)} images scored ({config.params}, {config.solver}) "
                   f"-> {out}")
     if config.maps:

@@ -152,5 +152,5 @@ def propose(config: ProposeConfig) -> Path:
              workers=config.workers)
     done = [out / f"{s.id}.npz" for s in samples if (out / f"{s.id}.npz").is_file()]
     mean_boxes = float(np.mean([len(read_npz(p)["boxes"]) for p in done])) if done else 0.0
-    step.record.extra = {"boxes_per_image": round(mean_boxes, 1)}
+    step.record.extra["boxes_per_image"] = round(mean_boxes, 1)
     return step.finish(extra=f", {mean_boxes:.1f} boxes per image")

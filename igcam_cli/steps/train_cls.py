@@ -35,6 +35,7 @@ from igcam_cli.artifacts import (
     ensure_dir,
     fingerprint,
     jsonable,
+    read_manifest,
     read_torch,
     remove_stale_temps,
     sha256_file,
@@ -53,12 +54,17 @@ from igcam_cli.runner import (
     console,
     progress_bar,
     readable,
+    recipe_differences,
+    recipe_of,
     record_problems,
     resolve_device,
     summarise_warnings,
 )
 from igcam_cli.training import stage_class
 from igcam_cli.transforms import to_tensor, train_augment
+
+# Options that change how training runs, not the classifier it ends with.
+TRAINING_ONLY = frozenset({"resume", "loader_workers", "keep_checkpoints"})
 
 
 @dataclass
@@ -180,13 +186,19 @@ def train_cls(config: TrainConfig) -> Path:
     out = ensure_dir(RunDir(config.run).train_cls(stage.folder))
     remove_stale_temps(out)
     final = out / CLASSIFIER_FILE
-    if final.exists():
-        console.print(f"train-cls: {final} exists, skipping (delete it to retrain)")
-        return final
-    dataset = load_dataset(config.dataset, strict=config.strict)
     # The manifest records the options of the stage that ran, not of every one registered.
     record = StepRecord("train-cls", jsonable(asdict(replace(
         config, stage_options={config.stage: stage.options}))))
+    record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
+    if final.exists():
+        made = (read_manifest(out) or {}).get("recipe")
+        differs = recipe_differences(record.extra["recipe"], made) if made is not None else []
+        if differs:
+            raise IgcamError(f"{final} was trained with another {', '.join(differs)}: use "
+                             "another --run, or delete that folder to retrain")
+        console.print(f"train-cls: {final} exists, skipping (delete it to retrain)")
+        return final
+    dataset = load_dataset(config.dataset, strict=config.strict)
     record_problems(record, dataset.problems)
     # Every training image is decoded once here, so a corrupt file is reported, not a crash
     # mid-epoch.
