@@ -40,9 +40,12 @@ def _too_large(path: Path) -> ImageProblem:
                         "PIL's decompression-bomb limit)")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, max_side: int | None = None) -> Image.Image:
     try:
         image = Image.open(path)
+        if max_side is not None and max(image.size) > max_side:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale directly: a huge photo never fills memory.
+            image.draft("RGB", (max_side, max_side))
         image.load()
     except FileNotFoundError:
         raise ImageProblem(f"{path}: file not found") from None
@@ -53,9 +56,13 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB ``uint8`` array (H, W, 3) from any common image mode."""
-    image = _open(path)
+def read_image(path: Path, max_side: int | None = None) -> np.ndarray:
+    """An RGB ``uint8`` array (H, W, 3) from any common image mode.
+
+    With ``max_side``, an image whose longer side exceeds it comes back shrunk (antialiased,
+    aspect kept) so that its longer side is ``max_side``; smaller images are untouched.
+    """
+    image = _open(path, max_side)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit integer) grayscale: scale the used range down to 8 bits.
         array = np.asarray(image, dtype=np.float64)
@@ -68,7 +75,10 @@ def read_image(path: Path) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    image = image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    array = np.array(image, dtype=np.uint8)
     if array.shape[0] < 8 or array.shape[1] < 8:
         raise ImageProblem(f"{path}: image too small ({array.shape[1]}x{array.shape[0]})")
     return array

@@ -230,3 +230,29 @@ def test_finished_training_with_other_options_is_refused(trained: Path, tiny_voc
     assert refused.returncode == 2 and "another epochs" in refused.stderr, refused.stderr
     same = igcam(*common, "--epochs", "2", "--loader-workers", "2")  # changes no weight
     assert same.returncode == 0 and "exists, skipping" in same.stderr, same.stderr
+
+
+def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
+        trained: Path, tmp_path: Path) -> None:
+    """A 12000 x 12000 image was processed at full size: 7.5 GB, then an allocation failure.
+    The same bound on small images: their maps come back at their own size, for the same
+    classes, and refine makes masks of their size."""
+    data = make_demo_dataset(tmp_path / "data", n_train=4, size=96, seed=11)
+    runs = {}
+    for side in ("0", "48"):
+        out = tmp_path / f"cam-{side}"
+        result = igcam("cam", "--run", trained, "--voc", data, "--scales", "1.0", "--device",
+                       "cpu", "--max-side", side, "--out", out)
+        assert result.returncode == 0, result.stderr
+        runs[side] = [read_npz(p) for p in sorted(out.glob("*.npz"))]
+    manifest = json.loads((tmp_path / "cam-48" / "manifest.json").read_text())
+    assert manifest["counts"]["downscaled"] == 4 and "downscaled" not in json.loads(
+        (tmp_path / "cam-0" / "manifest.json").read_text())["counts"]
+    for full, shrunk in zip(runs["0"], runs["48"], strict=True):
+        assert shrunk["cams"].shape == full["cams"].shape and full["cams"].shape[1:] == (96, 96)
+        assert shrunk["classes"].tolist() == full["classes"].tolist()
+    result = igcam("refine", "--run", trained, "--cams", tmp_path / "cam-48", "--out",
+                   tmp_path / "masks")
+    assert result.returncode == 0, result.stderr
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == 4 and all(np.array(Image.open(p)).shape == (96, 96) for p in masks)

@@ -25,13 +25,13 @@ from igcam_cli import options
 from igcam_cli.artifacts import RunDir, Shard, fingerprint, sha256_file, write_cam
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
-from igcam_cli.images import read_image
+from igcam_cli.images import image_size, read_image
 from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams
 from igcam_cli.models import check_classes, load_classifier
 from igcam_cli.options import option
 from igcam_cli.runner import ClassifierStepConfig, ImageStep, resolve_device
-from igcam_cli.transforms import normalise, to_tensor
+from igcam_cli.transforms import normalise, resize, to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -50,6 +50,10 @@ class CamConfig(ClassifierStepConfig):
                "--fpn, every method starts from the fused CAMs of its pyramid levels "
                "(--fpn-levels). Join methods with '+' to chain them, each taking the previous "
                "maps as its base.")
+    max_side: int = option(
+        2000, "Images whose longer side exceeds this many pixels are processed shrunk to it, "
+              "their maps written at the original size: memory stays bounded whatever the "
+              "input (0: every image at full size).", min=0)
     influence: Path | None = option(
         None, "An influence folder (e.g. RUN/influence) whose spatial maps igcam uses to weight "
               "the boxes and --fpn-attention influence to weight the levels. Default: not "
@@ -92,13 +96,19 @@ def cam(config: CamConfig) -> Path:
                           "images_fingerprint": fingerprint(s.id for s in samples)}
 
     def one(sample: Sample) -> None:
-        image = to_tensor(read_image(sample.image)).to(device)
+        image = to_tensor(read_image(sample.image, config.max_side or None)).to(device)
+        width, height = image_size(sample.image)
+        if image.shape[1:] != (height, width):
+            step.record.count("downscaled")
         cams, probs = compute(sample, image)
         if config.use_labels and sample.labels is not None:
             classes = list(sample.labels)
         else:
             classes = torch.nonzero(probs >= config.score_threshold).flatten().tolist()
         maps = chain(sample, image, normalise(cams[classes]) if classes else cams[:0], classes)
+        if maps.shape[1:] != (height, width):  # processed shrunk: maps at the image's size
+            maps = (resize(maps[None].float(), (height, width))[0] if len(maps)
+                    else maps.new_zeros((0, height, width)))
         write_cam(step.out / f"{sample.id}.npz", np.array(classes), maps.cpu().numpy(),
                   probs.cpu().numpy(), sample.image)
 
