@@ -226,6 +226,16 @@ def influence_maps(folder: Path) -> Path:
     return maps
 
 
+def read_prototypes(folder: Path) -> dict[str, Any]:
+    """lpcam's prototypes: ``class_prototypes`` (N, D) float32 with ``class_ids`` (N,) int64,
+    ``context_prototypes`` (M, D) with ``context_ids`` (M,)."""
+    return read_torch(folder / PROTOTYPES_FILE, "prototypes")
+
+
+def write_prototypes(folder: Path, tensors: dict[str, Any]) -> Path:
+    return write_torch(folder / PROTOTYPES_FILE, tensors)
+
+
 def write_influence_map(path: Path, classes: list[int], maps: np.ndarray) -> Path:
     """A spatial influence map: ``classes`` int16 (K,), ``maps`` float16 (K, H, W) in [0, 1]."""
     return write_npz(path, classes=np.array(classes, dtype=np.int16),

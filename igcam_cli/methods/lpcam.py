@@ -43,18 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from igcam_cli.artifacts import (
-    PROTOTYPES_FILE,
-    StepRecord,
-    ensure_dir,
-    fingerprint,
-    jsonable,
-    read_manifest,
-    read_torch,
-    remove_stale_temps,
-    sha256_file,
-    write_torch,
-)
+from igcam_cli import artifacts
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import CamMethod, MethodContext
@@ -267,7 +256,7 @@ def lpcam_maps(model: CamNet, image: torch.Tensor, vectors: torch.Tensor,
     return normalise(multiscale_maps(model, image, scales, flip, lpcam_head(vectors)))
 
 
-def _images(samples: list[Sample], device: torch.device, record: StepRecord, strict: bool
+def _images(samples: list[Sample], device: torch.device, record: artifacts.StepRecord, strict: bool
             ) -> Iterator[tuple[torch.Tensor, list[int]]]:
     """The readable images (on ``device``) with their classes."""
     for sample, image in readable(track(samples, len(samples), "lpcam: features"), record,
@@ -279,16 +268,16 @@ def _images(samples: list[Sample], device: torch.device, record: StepRecord, str
 def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.Tensor]:
     """Load the run's prototypes, or compute and store them when absent or made otherwise."""
     folder = options.prototypes or context.run.step("prototypes")
-    recipe = {"checkpoint_sha256": sha256_file(context.checkpoint),
+    recipe = {"checkpoint_sha256": artifacts.sha256_file(context.checkpoint),
               **{k: v for k, v in asdict(options).items() if k != "prototypes"},
               "flip": context.flip, "foreground": FOREGROUND, "class_min": CLASS_MIN,
               "context_range": list(CONTEXT_RANGE)}
-    manifest = read_manifest(folder)
-    if manifest is not None and (folder / PROTOTYPES_FILE).is_file():
+    manifest = artifacts.read_manifest(folder)
+    if manifest is not None and (folder / artifacts.PROTOTYPES_FILE).is_file():
         made = manifest.get("recipe", {})
         differs = [k for k in recipe if made.get(k) != recipe[k]]
         if not differs:
-            return read_torch(folder / PROTOTYPES_FILE, "prototypes")
+            return artifacts.read_prototypes(folder)
         if options.prototypes is not None:
             raise IgcamError(f"{folder} holds prototypes made with another "
                              f"{', '.join(differs)}; pass a new --lpcam-prototypes folder")
@@ -299,11 +288,11 @@ def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.
     if not samples:
         raise IgcamError("--method lpcam builds its prototypes from labelled images and the "
                          "dataset has none: use --voc or --labels, or pass --lpcam-prototypes")
-    ensure_dir(folder)
-    remove_stale_temps(folder)
-    record = StepRecord("prototypes", jsonable(asdict(options)))
+    artifacts.ensure_dir(folder)
+    artifacts.remove_stale_temps(folder)
+    record = artifacts.StepRecord("prototypes", artifacts.jsonable(asdict(options)))
     record.inputs = {"checkpoint": str(context.checkpoint),
-                     "images_fingerprint": fingerprint(s.id for s in samples)}
+                     "images_fingerprint": artifacts.fingerprint(s.id for s in samples)}
     tensors, report = make_prototypes(
         context.model, _images(samples, context.device, record, context.strict), options,
         context.flip)
@@ -312,7 +301,7 @@ def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.
                          features_seen=report["features_seen"])
     record.extra = {"recipe": recipe,
                     "classes": {names[c]: row for c, row in report["classes"].items()}}
-    write_torch(folder / PROTOTYPES_FILE, tensors)
+    artifacts.write_prototypes(folder, tensors)
     record.save(folder)
     console.print(f"lpcam: prototypes of {len(report['classes'])} classes from "
                   f"{record.counts.get('images', 0)} images -> {folder}")
