@@ -210,6 +210,30 @@ def write_cam(path: Path, classes: np.ndarray, cams: np.ndarray, scores: np.ndar
                      scores=scores.astype(np.float32), image=np.array(str(image.resolve())))
 
 
+def read_proposals(path: Path) -> dict[str, np.ndarray]:
+    """A proposal file, checked: ``boxes`` must be integer (N, 4) corners inside ``size``."""
+    data = read_npz(path)
+    boxes, size = data.get("boxes"), data.get("size")
+    if boxes is None or size is None or boxes.ndim != 2 or boxes.shape[1] != 4 \
+            or boxes.dtype.kind not in "iu" or size.shape != (2,):
+        raise ImageProblem(f"{path}: not a proposal file (boxes {getattr(boxes, 'shape', None)})")
+    height, width = size.tolist()
+    if len(boxes) and ((boxes[:, :2] < 0).any() or (boxes[:, 2] > width).any()
+                       or (boxes[:, 3] > height).any() or (boxes[:, 2:] <= boxes[:, :2]).any()):
+        raise ImageProblem(f"{path}: boxes outside the image's {width}x{height} pixels")
+    return data
+
+
+def read_influence_map(path: Path) -> dict[str, np.ndarray]:
+    """A spatial influence map file, checked: one (H, W) map per class id."""
+    data = read_npz(path)
+    classes, maps = data.get("classes"), data.get("maps")
+    if classes is None or maps is None or classes.ndim != 1 or maps.ndim != 3 \
+            or len(classes) != len(maps) or maps.dtype.kind != "f":
+        raise ImageProblem(f"{path}: not an influence map file")
+    return data
+
+
 def write_proposals(path: Path, boxes: np.ndarray, scores: np.ndarray, image: Path,
                     size: tuple[int, int]) -> Path:
     """A proposal file: ``boxes`` int32 (N, 4) x1, y1, x2, y2 (exclusive) in original pixels,

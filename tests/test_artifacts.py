@@ -124,3 +124,26 @@ def test_cleanup_keeps_the_temps_of_live_processes(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path) == 1 and not elsewhere.exists()
     write_npz(tmp_path / "d.npz", x=np.zeros(1))  # a write names its temp after its writer
     assert list(tmp_path.glob(TMP_PREFIX + "*")) == [live] and (tmp_path / "d.npz").exists()
+
+
+def test_proposal_and_influence_files_are_checked(tmp_path: Path) -> None:
+    from igcam_cli.artifacts import (
+        read_influence_map,
+        read_proposals,
+        write_influence_map,
+        write_proposals,
+    )
+
+    image = tmp_path / "image.png"
+    write_proposals(tmp_path / "ok.npz", np.array([[0, 0, 8, 8]]), np.ones(1), image, (16, 16))
+    assert read_proposals(tmp_path / "ok.npz")["boxes"].shape == (1, 4)
+    write_proposals(tmp_path / "out.npz", np.array([[0, 0, 40, 8]]), np.ones(1), image, (16, 16))
+    write_npz(tmp_path / "flat.npz", boxes=np.zeros(4, np.int32), size=np.array([16, 16]))
+    for name in ("out.npz", "flat.npz"):
+        with pytest.raises(ImageProblem, match=name):
+            read_proposals(tmp_path / name)
+    write_influence_map(tmp_path / "map.npz", [1, 2], np.zeros((2, 4, 4)))
+    assert read_influence_map(tmp_path / "map.npz")["classes"].tolist() == [1, 2]
+    write_npz(tmp_path / "short.npz", classes=np.array([1, 2]), maps=np.zeros((1, 4, 4)))
+    with pytest.raises(ImageProblem, match="short.npz"):
+        read_influence_map(tmp_path / "short.npz")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-from igcam_cli.artifacts import influence_maps, read_npz
+from igcam_cli.artifacts import influence_maps, read_influence_map, read_proposals
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.methods.base import CamMethod
@@ -137,11 +137,15 @@ class InstanceGuided(CamMethod):
         path = self.proposals / f"{sample.id}.npz"
         if not path.is_file():
             raise ImageProblem(f"{sample.image}: no proposals in {self.proposals}")
-        boxes = torch.from_numpy(read_npz(path)["boxes"])
+        boxes = torch.from_numpy(read_proposals(path)["boxes"])
         influence = None
         if self.maps is not None:
-            stored = read_npz(self.maps / f"{sample.id}.npz")
-            rows = [stored["classes"].tolist().index(c) for c in classes]
+            stored = read_influence_map(self.maps / f"{sample.id}.npz")
+            known = stored["classes"].tolist()
+            if not set(classes) <= set(known):
+                raise ImageProblem(f"{sample.image}: its influence map has classes {known}, "
+                                   f"not {classes}")
+            rows = [known.index(c) for c in classes]
             influence = torch.from_numpy(stored["maps"][rows].astype(np.float32))
         return instance_guided(self.context.model, image, cams, classes, boxes, self.options,
                                influence)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igcam_cli.artifacts import influence_maps, read_npz
+from igcam_cli.artifacts import influence_maps, read_influence_map
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.models import FPN_LEVELS, CamNet
@@ -188,7 +188,7 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
             path = maps_dir / f"{sample.id}.npz"
             if not path.is_file():
                 raise ImageProblem(f"{sample.image}: no influence map in {maps_dir}")
-            stored = read_npz(path)
+            stored = read_influence_map(path)
             classes = stored["classes"].tolist()  # the labelled classes; others keep the mean
             maps = torch.from_numpy(stored["maps"].astype(np.float32))
             if maps.shape[-2:] != level_cams.shape[-2:]:

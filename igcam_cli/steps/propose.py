@@ -37,7 +37,7 @@ from igcam_cli.artifacts import (
     RunDir,
     Shard,
     fingerprint,
-    read_npz,
+    read_proposals,
     write_proposals,
 )
 from igcam_cli.datasets import Sample, load_dataset
@@ -151,6 +151,6 @@ def propose(config: ProposeConfig) -> Path:
              lambda s: out / f"{s.id}.npz", overwrite=config.overwrite, strict=config.strict,
              workers=config.workers)
     done = [out / f"{s.id}.npz" for s in samples if (out / f"{s.id}.npz").is_file()]
-    mean_boxes = float(np.mean([len(read_npz(p)["boxes"]) for p in done])) if done else 0.0
+    mean_boxes = float(np.mean([len(read_proposals(p)["boxes"]) for p in done])) if done else 0.0
     step.record.extra["boxes_per_image"] = round(mean_boxes, 1)
     return step.finish(extra=f", {mean_boxes:.1f} boxes per image")
