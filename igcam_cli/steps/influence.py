@@ -54,7 +54,15 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.models import CamNet, check_classes, load_classifier
 from igcam_cli.options import option
-from igcam_cli.runner import ClassifierStepConfig, ImageStep, console, resolve_device, track
+from igcam_cli.runner import (
+    ClassifierStepConfig,
+    ImageStep,
+    console,
+    readable,
+    record_problems,
+    resolve_device,
+    track,
+)
 from igcam_cli.transforms import normalise, resize, scaled_size, to_tensor
 
 PARAM_SETS = ("head", "layer4", "all")
@@ -324,7 +332,10 @@ def influence(config: InfluenceConfig) -> Path:
     out, record = step.out, step.record
     dataset = load_dataset(config.dataset, strict=config.strict)
     check_classes(payload, dataset.class_names, checkpoint)
-    samples = dataset.labelled()
+    record_problems(record, dataset.problems)
+    # Decoded once here, so an unreadable image is warned about and left out of the Hessian,
+    # the scores and the maps, instead of stopping the solver halfway.
+    samples = [sample for sample, _ in readable(dataset.labelled(), record, config.strict)]
     if not samples:
         raise IgcamError("influence needs images with labels; none found in the dataset")
     record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
