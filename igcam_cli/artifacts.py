@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -181,8 +180,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise ImageProblem(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ImageProblem(f"{path}: unreadable or corrupt artifact ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged zip fails in zlib, zipfile, numpy...
+        raise ImageProblem(f"{path}: unreadable or corrupt artifact "
+                           f"({type(exc).__name__}: {exc})") from None
 
 
 def read_cam(path: Path) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from igcam_cli.artifacts import write_image
 from igcam_cli.errors import ImageProblem
@@ -51,7 +51,7 @@ def _open(path: Path, max_side: int | None = None) -> Image.Image:
         raise ImageProblem(f"{path}: file not found") from None
     except Image.DecompressionBombError:
         raise _too_large(path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged files fail in every decoder's own way
         raise ImageProblem(f"{path}: unreadable or corrupt image ({exc})") from None
     return image
 
@@ -93,7 +93,7 @@ def image_size(path: Path) -> tuple[int, int]:
         raise ImageProblem(f"{path}: file not found") from None
     except Image.DecompressionBombError:
         raise _too_large(path) from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged header fails in many ways
         raise ImageProblem(f"{path}: unreadable or corrupt image ({exc})") from None
 
 
