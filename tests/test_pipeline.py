@@ -236,7 +236,7 @@ def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
         trained: Path, tmp_path: Path) -> None:
     """A 12000 x 12000 image was processed at full size: 7.5 GB, then an allocation failure.
     The same bound on small images: their maps come back at their own size, for the same
-    classes, and refine makes masks of their size."""
+    classes, and refine makes masks of their size, also when its DenseCRF runs shrunk."""
     data = make_demo_dataset(tmp_path / "data", n_train=4, size=96, seed=11)
     runs = {}
     for side in ("0", "48"):
@@ -251,8 +251,10 @@ def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
     for full, shrunk in zip(runs["0"], runs["48"], strict=True):
         assert shrunk["cams"].shape == full["cams"].shape and full["cams"].shape[1:] == (96, 96)
         assert shrunk["classes"].tolist() == full["classes"].tolist()
-    result = igcam("refine", "--run", trained, "--cams", tmp_path / "cam-48", "--out",
-                   tmp_path / "masks")
-    assert result.returncode == 0, result.stderr
-    masks = sorted((tmp_path / "masks").glob("*.png"))
-    assert len(masks) == 4 and all(np.array(Image.open(p)).shape == (96, 96) for p in masks)
+    for side in ("2000", "48"):  # DenseCRF at full size, and on the images shrunk to 48 px
+        masks = tmp_path / f"masks-{side}"
+        result = igcam("refine", "--run", trained, "--cams", tmp_path / "cam-48", "--out",
+                       masks, "--max-side", side)
+        assert result.returncode == 0, result.stderr
+        files = sorted(masks.glob("*.png"))
+        assert len(files) == 4 and all(np.array(Image.open(p)).shape == (96, 96) for p in files)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from igcam_cli import options
 from igcam_cli.artifacts import (
@@ -23,10 +25,11 @@ from igcam_cli.artifacts import (
 )
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
-from igcam_cli.images import IGNORE, read_image, save_label_map
+from igcam_cli.images import IGNORE, image_size, read_image, save_label_map
 from igcam_cli.masks import seed_labels
 from igcam_cli.options import option
 from igcam_cli.runner import ImageStep
+from igcam_cli.transforms import resize
 
 CRF_MODES = ("labels", "scores")
 DEFAULT_THRESHOLD = 0.15  # IRN's background threshold for CAM seeds
@@ -48,6 +51,9 @@ class RefineConfig:
         "labels", "labels: unaries from the seed labels (IRN); scores: from normalised CAMs.",
         choices=CRF_MODES)
     crf_iters: int = option(10, "CRF mean-field iterations.", min=1)
+    max_side: int = option(
+        2000, "DenseCRF runs on images shrunk to this longer side and its labels are enlarged "
+              "back, which bounds its memory (0: every image at full size).", min=0)
     gt_prob: float = option(0.7, "Seed confidence in labels mode.")
     workers: int = options.workers()
     overwrite: bool = options.overwrite()
@@ -93,16 +99,31 @@ def dense_crf(image: np.ndarray, cams: np.ndarray, classes: np.ndarray,
     return lookup[q.argmax(axis=0)]
 
 
+def _crf_within(image: np.ndarray, cams: np.ndarray, classes: np.ndarray,
+                config: RefineConfig) -> np.ndarray:
+    """DenseCRF labels at the CAMs' size; on the shrunk ``image`` when it was read shrunk
+    (``--max-side``), the labels then enlarged back by nearest neighbour."""
+    small = image.shape[:2]
+    if small == cams.shape[1:]:
+        return dense_crf(image, cams, classes, config)
+    shrunk = resize(torch.from_numpy(cams)[None], small)[0].numpy()
+    labels = dense_crf(image, shrunk, classes, config)
+    height, width = cams.shape[1:]
+    return np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
+
+
 def refine_one(path: Path, config: RefineConfig, out: Path) -> None:
     """Refine one CAM file (module level so worker processes can run it)."""
     data = read_cam(path)
     cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
     if config.crf and len(classes):
-        image = read_image(Path(str(data["image"])))
-        if image.shape[:2] != cams.shape[1:]:
+        source = Path(str(data["image"]))
+        width, height = image_size(source)
+        if (height, width) != cams.shape[1:]:
             raise ImageProblem(f"{path}: CAM size {cams.shape[1:]} differs from its image "
-                               f"{image.shape[:2]}")
-        labels = dense_crf(image, cams, classes, config)
+                               f"{(height, width)}")
+        image = read_image(source, config.max_side or None)
+        labels = _crf_within(image, cams, classes, config)
         if config.bg_threshold is not None:
             band = seed_labels(cams, classes, config.threshold, config.bg_threshold) == IGNORE
             labels[band] = IGNORE
