@@ -253,7 +253,15 @@ def influence_maps(folder: Path) -> Path:
 def read_prototypes(folder: Path) -> dict[str, Any]:
     """lpcam's prototypes: ``class_prototypes`` (N, D) float32 with ``class_ids`` (N,) int64,
     ``context_prototypes`` (M, D) with ``context_ids`` (M,)."""
-    return read_torch(folder / PROTOTYPES_FILE, "prototypes")
+    stored = read_torch(folder / PROTOTYPES_FILE, "prototypes")
+    kinds = ("class", "context")
+    if not isinstance(stored, dict) or any(
+            not {f"{kind}_prototypes", f"{kind}_ids"} <= stored.keys()
+            or stored[f"{kind}_prototypes"].ndim != 2
+            or len(stored[f"{kind}_prototypes"]) != len(stored[f"{kind}_ids"]) for kind in kinds):
+        raise IgcamError(f"prototypes {folder / PROTOTYPES_FILE} are damaged: delete the folder "
+                         "to rebuild them")
+    return stored
 
 
 def write_prototypes(folder: Path, tensors: dict[str, Any]) -> Path:

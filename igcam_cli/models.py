@@ -157,11 +157,15 @@ def load_classifier(path: Path, device: torch.device) -> tuple[CamNet, dict]:
     payload = read_torch(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise IgcamError(f"{path} is not an igcam classifier checkpoint")
-    backbone = build_backbone(payload["backbone"], pretrained=False)
-    # Checkpoints written before the FPN neck existed have no "fpn_channels": plain models.
-    model = CamNet(backbone, len(payload["class_names"]), payload.get("fpn_channels"),
-                   head_bias="classifier.bias" in payload["model"])
-    model.load_state_dict(payload["model"])
+    try:
+        backbone = build_backbone(payload["backbone"], pretrained=False)
+        # Checkpoints written before the FPN neck existed have no "fpn_channels": plain models.
+        model = CamNet(backbone, len(payload["class_names"]), payload.get("fpn_channels"),
+                       head_bias="classifier.bias" in payload["model"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:  # a damaged or edited checkpoint
+        raise IgcamError(f"checkpoint {path} is damaged: {type(exc).__name__} "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     return model.to(device).eval(), payload
 
 

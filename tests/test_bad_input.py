@@ -193,3 +193,31 @@ def test_corrupt_checkpoints_are_one_line_and_never_advise_unsafe_loading(
 def _train_voc(run: Path, tiny_voc: Path, *extra: str):
     return igcam("train-cls", "--run", run, "--voc", tiny_voc, "--epochs", "1", "--crop", "64",
                  "--batch-size", "8", "--loader-workers", "0", "--device", "cpu", *extra)
+
+
+def test_checkpoints_and_prototypes_with_the_wrong_contents(trained_run: Path, tiny_voc: Path,
+                                                            tmp_path: Path) -> None:
+    """Loadable files whose contents are wrong: one line each, never a traceback."""
+    import torch
+
+    payload = torch.load(trained_run / "train-cls" / "classifier.pt", weights_only=True)
+    run = tmp_path / "run"
+    (run / "train-cls").mkdir(parents=True)
+    payload["model"] = {k: v[:1] for k, v in payload["model"].items()}  # wrong shapes
+    torch.save(payload, run / "train-cls" / "classifier.pt")
+    _one_line_error(igcam("cam", "--run", run, "--voc", tiny_voc, "--device", "cpu"),
+                    "classifier.pt is damaged")
+
+    other = tmp_path / "other"
+    (other / "train-cls").mkdir(parents=True)
+    torch.save({"model": {}}, other / "train-cls" / "epoch-001.pt")  # no optimizer, no epoch
+    _one_line_error(_train_voc(other, tiny_voc, "--resume"), "epoch-001.pt is damaged")
+
+    from igcam_cli.artifacts import read_prototypes
+    from igcam_cli.errors import IgcamError
+
+    prototypes = tmp_path / "prototypes"
+    prototypes.mkdir()
+    torch.save({"class_prototypes": torch.zeros(3)}, prototypes / "prototypes.pt")
+    with pytest.raises(IgcamError, match="prototypes .* are damaged"):
+        read_prototypes(prototypes)

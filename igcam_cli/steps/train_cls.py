@@ -234,12 +234,17 @@ def train_cls(config: TrainConfig) -> Path:
                       f"{existing[-1].name}")
     if config.resume and existing:
         state = read_torch(existing[-1], "epoch checkpoint")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        loader.generator.set_state(state["loader_rng"])
-        torch.set_rng_state(state["torch_rng"])  # stochastic depth draws from it
-        history, start_epoch = state["history"], state["epoch"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            loader.generator.set_state(state["loader_rng"])
+            torch.set_rng_state(state["torch_rng"])  # stochastic depth draws from it
+            history, start_epoch = state["history"], state["epoch"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise IgcamError(f"epoch checkpoint {existing[-1]} is damaged or from another "
+                             f"run ({type(exc).__name__}); delete it to resume from the one "
+                             "before") from None
         console.print(f"train-cls: resuming after epoch {start_epoch} from {existing[-1].name}")
     record.inputs = {"dataset": config.dataset.describe(), "num_images": len(samples),
                      "images_fingerprint": fingerprint(s.id for s in samples),
