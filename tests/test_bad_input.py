@@ -221,3 +221,11 @@ def test_checkpoints_and_prototypes_with_the_wrong_contents(trained_run: Path, t
     torch.save({"class_prototypes": torch.zeros(3)}, prototypes / "prototypes.pt")
     with pytest.raises(IgcamError, match="prototypes .* are damaged"):
         read_prototypes(prototypes)
+
+
+def test_labels_file_ids_that_are_paths_are_refused(photos: Path, tiny_voc: Path,
+                                                    tmp_path: Path) -> None:
+    with (photos.parent / "labels.csv").open("a") as labels:
+        labels.write("../../escape.jpg,disc\n")
+    _one_line_error(_train(tmp_path / "run", photos, tiny_voc), "labels.csv line 9",
+                    "not an image id")

@@ -15,7 +15,7 @@ from igcam_cli.datasets.base import (
     class_lookup,
 )
 from igcam_cli.errors import IgcamError
-from igcam_cli.images import list_images
+from igcam_cli.images import IMAGE_SUFFIXES, list_images
 
 
 def _parse_label_names(raw: list[str], lookup: dict[str, int], where: str) -> tuple[int, ...]:
@@ -28,6 +28,12 @@ def _parse_label_names(raw: list[str], lookup: dict[str, int], where: str) -> tu
             raise IgcamError(f"{where}: unknown class name {name!r} (not in the class list)")
         indices.add(lookup[name.lower()])
     return tuple(sorted(indices))
+
+
+def _label_id(name: str, where: str) -> str:
+    """The image id a labels file names: the file name without its image extension."""
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+    return check_id(stem, where)
 
 
 def read_labels_file(path: Path, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -50,7 +56,7 @@ def read_labels_file(path: Path, names: tuple[str, ...]) -> dict[str, tuple[int,
             raw = raw.split(";") if isinstance(raw, str) else raw
             if not isinstance(raw, list):
                 raise IgcamError(f"labels file {path}: entry {image_id!r} is not a list of names")
-            result[Path(image_id).stem] = _parse_label_names(
+            result[_label_id(image_id, f"{path} entry {image_id!r}")] = _parse_label_names(
                 [str(r) for r in raw], lookup, f"{path} entry {image_id!r}")
         return result
     for line_number, row in enumerate(csv.reader(text.splitlines()), start=1):
@@ -59,7 +65,7 @@ def read_labels_file(path: Path, names: tuple[str, ...]) -> dict[str, tuple[int,
         if line_number == 1 and row[0].strip().lower() in ("image_id", "image", "id"):
             continue
         raw = ";".join(row[1:]).split(";")
-        result[Path(row[0].strip()).stem] = _parse_label_names(
+        result[_label_id(row[0].strip(), f"{path} line {line_number}")] = _parse_label_names(
             raw, lookup, f"{path} line {line_number}")
     return result
 
