@@ -43,7 +43,7 @@ class Chain:
 
     def __init__(self, names: list[str], context: MethodContext,
                  options: Mapping[str, Any]) -> None:
-        self.stages = [METHODS[n](context, options.get(n)) for n in names]
+        self.stages: list[CamMethod] = [METHODS[n](context, options.get(n)) for n in names]
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from igcam_cli.artifacts import influence_maps, read_influence_map
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.models import FPN_LEVELS, CamNet
-from igcam_cli.options import check, option
+from igcam_cli.options import option
 from igcam_cli.transforms import normalise, resize, scaled_size
 
 # (B, D, h, w) stride-16 features of a batch of views -> (B, M, h, w) maps
@@ -172,7 +172,6 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
     if not fusion.levels or not set(fusion.levels) <= set(FPN_LEVELS):
         raise IgcamError(f"--fpn-levels must be a comma list of {', '.join(FPN_LEVELS)}, got "
                          f"{','.join(fusion.levels)!r}")
-    check(fusion, "fpn-")
     levels = sorted({FPN_LEVELS.index(name) for name in fusion.levels})
     maps_dir = None
     if fusion.attention == "influence":

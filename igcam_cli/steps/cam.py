@@ -26,7 +26,7 @@ from igcam_cli.artifacts import RunDir, Shard, fingerprint, sha256_file, write_c
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import image_size, read_image
-from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
+from igcam_cli.methods import Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams
 from igcam_cli.models import check_classes, load_classifier
 from igcam_cli.options import option
@@ -86,7 +86,7 @@ def cam(config: CamConfig) -> Path:
                                        checkpoint, config.influence, config.strict),
                   config.method_options)
     # The manifest records the options of the methods that ran, not of every one registered.
-    used = {n: config.method_options.get(n) or METHODS[n].Options() for n in names}
+    used = {stage.name: stage.options for stage in chain.stages}
     step = ImageStep("cam", config.out or run.cam(config.method),
                      replace(config, method_options=used), shard)
     step.problems(dataset.problems)
