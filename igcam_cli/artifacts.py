@@ -38,7 +38,8 @@ TMP_PREFIX = ".igcam-tmp-"  # then <pid>@<host>@<name>.<random>: see remove_stal
 STALE_ELSEWHERE_S = 24 * 3600  # a temp of another machine's process is stale after a day
 
 # The step folders of a run directory, named after the CLI subcommands that write them.
-STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "refine", "eval", "vis")
+STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "train-aff",
+             "refine", "eval", "vis")
 CLASSIFIER_FILE = "classifier.pt"  # RUN/train-cls*/: the final checkpoint
 PROTOTYPES_FILE = "prototypes.pt"  # RUN/prototypes/: lpcam's class and context prototypes
 SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influence

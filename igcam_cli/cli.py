@@ -118,6 +118,8 @@ class RegistryOptions:
 
 
 METHOD_OPTIONS = RegistryOptions("igcam_cli.methods", "METHODS", "method_options", prefixed=True)
+REFINER_OPTIONS = RegistryOptions("igcam_cli.refiners", "REFINERS", "method_options",
+                                  prefixed=True)
 # Stage options keep their historical names (--consistency-weight, --rcm-weight, ...).
 STAGE_OPTIONS = RegistryOptions("igcam_cli.training", "STAGES", "stage_options", prefixed=False)
 
@@ -156,8 +158,12 @@ COMMANDS = {
     "cam": Command("Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 "
                    "maps). Options named --METHOD-... belong to that --method.",
                    "igcam_cli.steps.cam:CamConfig:cam", METHOD_OPTIONS),
+    "train-aff": Command("Learn inter-pixel affinities (a class-boundary map) from the CAMs, "
+                         "for `refine --method rw`.",
+                         "igcam_cli.steps.train_aff:AffinityConfig:train_aff"),
     "refine": Command("CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 "
-                      "uncertain).", "igcam_cli.steps.refine:RefineConfig:refine"),
+                      "uncertain). Options named --METHOD-... belong to that --method.",
+                      "igcam_cli.steps.refine:RefineConfig:refine", REFINER_OPTIONS),
     "eval": Command("mIoU, per-class IoU, precision and recall over background + C classes (GT "
                     "255 ignored).", "igcam_cli.steps.eval:EvalConfig:evaluate"),
     "run": Command("Every step in order in one run directory, skipping what is already done.",

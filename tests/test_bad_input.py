@@ -165,13 +165,14 @@ def test_corrupt_and_inconsistent_cam_files(tmp_path: Path) -> None:
     write_cam(cams / "class99.npz", np.array([99]), np.ones((1, 16, 16)), np.full(3, 0.9), image)
     (cams / "empty.npz").write_bytes(b"")
     (cams / "noise.npz").write_bytes(bytes(range(256)) * 8)
-    result = igcam("refine", "--run", tmp_path / "run", "--cams", cams, "--no-crf")
+    result = igcam("refine", "--run", tmp_path / "run", "--cams", cams, "--method", "none")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "3 failed" in result.stderr, result.stderr
-    assert sorted(p.name for p in (tmp_path / "run" / "refine").glob("*.png")) == ["good.png"]
+    masks = tmp_path / "run" / "refine-none"
+    assert sorted(p.name for p in masks.glob("*.png")) == ["good.png"]
     assert "class ids [99]" in result.stderr
-    _one_line_error(igcam("refine", "--run", tmp_path / "strict", "--cams", cams, "--no-crf",
-                          "--strict"), ".npz")
+    _one_line_error(igcam("refine", "--run", tmp_path / "strict", "--cams", cams, "--method",
+                          "none", "--strict"), ".npz")
 
 
 def test_corrupt_checkpoints_are_one_line_and_never_advise_unsafe_loading(

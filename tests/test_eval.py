@@ -139,7 +139,7 @@ def test_run_evaluates_through_the_dataset_format(tiny_voc: Path, tmp_path: Path
     (main / "half.txt").write_text("\n".join(ids) + "\n")
     run = tmp_path / "run"
     result = igcam("run", "--run", run, "--voc", root, "--split", "half", "--epochs", "1",
-                   "--crop", "64", "--batch-size", "8", "--scales", "1.0", "--no-crf",
+                   "--crop", "64", "--batch-size", "8", "--scales", "1.0", "--refine", "none",
                    "--device", "cpu", "--vis", "2")
     assert result.returncode == 0, result.stderr
     for name in ("seed", "mask"):

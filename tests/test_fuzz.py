@@ -68,8 +68,8 @@ def test_steps_on_corrupted_cam_files(step: str, clean_cams: Path, tiny_voc: Pat
     run = tmp_path / "run"
     before = snapshot(tmp_path)
     if step == "refine":
-        result = igcam("refine", "--run", run, "--cams", cams, "--no-crf")
-        problems = check_run(result, tmp_path, before, [run], run / "refine", ".png")
+        result = igcam("refine", "--run", run, "--cams", cams, "--method", "none")
+        problems = check_run(result, tmp_path, before, [run], run / "refine-none", ".png")
     else:
         result = igcam("eval", "--cams", cams, "--voc", tiny_voc, "--out", run / "seed.json")
         problems = check_run(result, tmp_path, before, [run], None, "")

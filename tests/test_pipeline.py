@@ -55,9 +55,9 @@ def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
     assert np.all(np.isclose(peaks, 1.0, atol=1e-3) | (peaks == 0))
     assert np.isclose(peaks, 1.0, atol=1e-3).any()
 
-    for crf in ("--crf", "--no-crf"):
-        out = trained / f"refine{crf}"
-        result = igcam("refine", "--run", trained, "--out", out, crf)
+    for method in ("crf", "none"):
+        out = trained / f"refine-{method}"
+        result = igcam("refine", "--run", trained, "--out", out, "--method", method)
         assert result.returncode == 0, result.stderr
         png = Image.open(out / f"{files[0].stem}.png")
         assert png.mode == "P" and png.size == mask.shape[::-1]
@@ -65,7 +65,7 @@ def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
 
     gt = tiny_voc / "SegmentationClass"
     report_file = trained / "eval" / "mask.json"
-    result = igcam("eval", "--pred", trained / "refine--crf", "--gt", gt,
+    result = igcam("eval", "--pred", trained / "refine-crf", "--gt", gt,
                    "--classes", tiny_voc / "classes.txt", "--out", report_file)
     assert result.returncode == 0, result.stderr
     report = json.loads(report_file.read_text())["report"]
@@ -216,7 +216,8 @@ def test_outputs_made_with_other_options_are_refused_or_redone(trained: Path, ti
     again = igcam(*args, "--scales", "1.0", "--no-flip", "--strict")  # same outputs: resumes
     assert again.returncode == 0 and "24 already done" in again.stderr, again.stderr
 
-    masks = ("refine", "--run", trained, "--cams", out, "--out", tmp_path / "masks", "--no-crf")
+    masks = ("refine", "--run", trained, "--cams", out, "--out", tmp_path / "masks", "--method",
+             "none")
     assert igcam(*masks, "--threshold", "0.2").returncode == 0
     other = igcam(*masks, "--threshold", "0.3")
     assert other.returncode == 2 and "another threshold" in other.stderr, other.stderr

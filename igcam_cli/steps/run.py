@@ -1,9 +1,10 @@
 """``igcam run``: every step in order into one run directory, skipping finished work.
 
-train-cls -> cam -> [eval of the CAMs] -> refine -> [eval of the masks] -> overlay pictures,
-the evals when the dataset has ground truth. Without ``threshold`` the masks use the seed
-sweep's best background threshold when there is ground truth (how WSSS papers report seeds),
-else IRN's 0.15. Each step keeps its own resumability, so a rerun continues where it stopped.
+train-cls -> cam -> [eval of the CAMs] -> [train-aff, for rw] -> refine -> [eval of the
+masks] -> overlay pictures, the evals when the dataset has ground truth. Without
+``threshold`` the masks use the seed sweep's best background threshold when there is ground
+truth (how WSSS papers report seeds), else the default of ``refine``. Each step keeps its own
+resumability, so a rerun continues where it stopped.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from igcam_cli import options
 from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import dataset_format
 from igcam_cli.options import option
+from igcam_cli.refiners import parse_refiners
 from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
-from igcam_cli.steps.refine import DEFAULT_THRESHOLD, RefineConfig, refine
+from igcam_cli.steps.refine import DEFAULT_METHOD, DEFAULT_THRESHOLD, RefineConfig, refine
+from igcam_cli.steps.train_aff import AffinityConfig, train_aff
 from igcam_cli.steps.train_cls import TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
@@ -35,7 +38,9 @@ class RunConfig(DataStepConfig):
     threshold: float | None = option(
         None, "Background threshold for the masks. Default: the best of the seed sweep when "
               "the dataset has ground truth, else 0.15.")
-    crf: bool = option(True, "DenseCRF refinement.")
+    refine: str = option(
+        DEFAULT_METHOD, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
+                        "train-aff runs first.")
     device: str = options.device()
     workers: int = options.workers()
     vis: int = option(16, "Overlay pictures to write.", min=0)
@@ -67,12 +72,16 @@ def run(config: RunConfig) -> dict[str, dict]:
         threshold = reports["seed"]["threshold"] if "seed" in reports else DEFAULT_THRESHOLD
         console.print(f"run: background threshold {threshold} "
                       f"({'best of the seed sweep' if 'seed' in reports else 'default'})")
-    masks = refine(RefineConfig(run=config.run, threshold=threshold, crf=config.crf,
+    if "rw" in parse_refiners(config.refine):
+        train_aff(AffinityConfig(run=config.run, cams=cams, device=config.device,
+                                 workers=config.workers, strict=config.strict, resume=True))
+    masks = refine(RefineConfig(run=config.run, cams=cams, threshold=threshold,
+                                method=config.refine, device=config.device,
                                 workers=config.workers, strict=config.strict))
     if gt is not None:
         reports["mask"] = evaluate(EvalConfig(
             pred=masks, out=folders.eval_report("mask"),
-            name=f"pseudo-masks (refine{', CRF' if config.crf else ''}, "
+            name=f"pseudo-masks (refine --method {config.refine}, "
                  f"threshold {threshold})", **common))
     written = write_overlays(cams, masks, gt, folders.step("vis"), config.vis)
     console.print(f"run: {len(written)} overlay pictures in {folders.step('vis')}")
