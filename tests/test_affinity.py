@@ -163,8 +163,10 @@ def test_train_aff_bad_inputs(cam_run: Path, tmp_path: Path) -> None:
     photo = next((cam_run / "cam").glob("*.npz"))
     write_cam(cams / "x.npz", np.array([99]), np.zeros((1, 8, 8), np.float16),
               np.zeros(20, np.float32), photo)
-    _one_line_error(igcam("train-aff", "--run", cam_run, "--cams", cams, "--device", "cpu"),
-                    "class id 99")
+    _one_line_error(igcam("train-aff", "--run", tmp_path / "fresh", "--cams", cams,
+                          "--checkpoint", cam_run / "train-cls" / "classifier.pt",
+                          "--device", "cpu"), "class ids [99]")
+    assert not (tmp_path / "fresh" / "train-aff" / "affinity.pt").exists()
     # An affinity checkpoint whose weights are not those of the backbone it names.
     bad = tmp_path / "affinity.pt"
     write_torch(bad, {"format": "igcam-affinity/1", "backbone": "efficientnet-lite1",

@@ -37,7 +37,8 @@ class RunConfig(DataStepConfig):
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     threshold: float | None = option(
         None, "Background threshold for the masks. Default: the best of the seed sweep when "
-              "the dataset has ground truth, else 0.15.")
+              f"the dataset has ground truth, else {DEFAULT_THRESHOLD} (the best measured on "
+              "real photos).")
     refine: str = option(
         DEFAULT_METHOD, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
                         "train-aff runs first.")

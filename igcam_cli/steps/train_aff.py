@@ -89,7 +89,7 @@ class AffinityConfig:
         above=0, below=1)
     radius: int = option(10, "Pairs within this many grid cells (stride 4) are trained "
                              "(IRN: 10).", min=2, max=16)
-    epochs: int = option(10, "Epochs over the images (each costs the head alone).", min=1)
+    epochs: int = option(5, "Epochs over the images (each costs the head alone).", min=1)
     batch_size: int = option(8, "Images per optimiser step.", min=1)
     lr: float = option(0.1, "Learning rate of the head, poly schedule (IRN: 0.1).", above=0)
     weight_decay: float = option(1e-4, "SGD weight decay.", min=0)
@@ -267,7 +267,7 @@ def train_aff(config: AffinityConfig) -> Path:
                 optimizer.step()
                 scheduler.step()
                 bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
-            accuracy = agree / np.maximum(counted, 1)
+            accuracy = (agree / np.maximum(counted, 1)).tolist()  # plain floats: weights_only
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
                             "accuracy_bg": accuracy[0], "accuracy_fg": accuracy[1],
                             "accuracy_neg": accuracy[2], "lr": scheduler.get_last_lr()[0],
