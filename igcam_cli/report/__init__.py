@@ -56,7 +56,7 @@ def _legend(facts: RunFacts) -> list[tuple[str, str]]:
     if not names:
         return []
     palette = voc_palette()
-    return [(name, "#%02x%02x%02x" % tuple(palette[i]))
+    return [(name, "#" + bytes(palette[i]).hex())
             for i, name in enumerate(["background", *names])]
 
 

@@ -162,7 +162,7 @@ def read_run(root: Path) -> RunFacts:
     """Everything the report shows about ``root`` except the pictures."""
     facts = RunFacts(root=root)
     methods: dict[Path, Method] = {}
-    dataset_origin = Path.cwd()
+    datasets: list[tuple[bool, dict[str, Any], Path]] = []  # (not a CAM step's, spec, origin)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         manifests = [m for path in sorted(folder.glob("manifest*.json"))
                      if (m := _load(path, facts.problems)) is not None and m.get("complete")]
@@ -178,17 +178,20 @@ def read_run(root: Path) -> RunFacts:
         first = manifests[0]
         facts.versions.update(first.get("versions") or {})
         inputs = first.get("inputs") or {}
-        if inputs.get("dataset") and (not facts.dataset or step.name == "train-cls"):
-            facts.dataset = {k: v for k, v in inputs["dataset"].items() if v is not None}
-            facts.dataset.update({k: inputs[k] for k in ("num_images", "class_names")
-                                  if k in inputs})
-            dataset_origin = _origin(folder, (first.get("config") or {}).get("run"))
+        if isinstance(inputs.get("dataset"), dict):
+            spec = {k: v for k, v in inputs["dataset"].items() if v is not None}
+            origin = _origin(root, (first.get("config") or {}).get("run"))
+            datasets.append((kind != "cams", spec, origin))
+            if step.name == "train-cls" or not facts.dataset:  # the classifier's data first
+                facts.dataset = {**spec, **{k: inputs[k] for k in ("num_images", "class_names")
+                                            if k in inputs}}
         if step.name == "train-cls":
             facts.trainings.append(_training(folder, first, facts.problems))
     _evaluations(root, facts, methods)
     facts.methods = sorted(methods.values(), key=lambda m: (m.kind != "cams", m.name))
-    if facts.gt is None and facts.dataset:
-        facts.gt = _ground_truth(facts.dataset, dataset_origin)
+    if facts.gt is None and datasets:  # not evaluated: the ground truth of the pictured images
+        _, spec, origin = min(datasets, key=lambda item: item[0])
+        facts.gt = _ground_truth(spec, origin)
     facts.steps.sort(key=lambda s: s.created)
     return facts
 
