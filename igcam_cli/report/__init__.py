@@ -24,7 +24,7 @@ from igcam_cli.report import plots
 from igcam_cli.report.facts import Method, RunFacts, read_run
 from igcam_cli.report.pictures import Grid, picture_grid
 
-__all__ = ["assets_folder", "write_report"]
+__all__ = ["assets_folder", "environment", "write_report"]
 
 
 def assets_folder(page: Path) -> Path:
@@ -32,13 +32,15 @@ def assets_folder(page: Path) -> Path:
     return page.with_suffix("")
 
 
-def _environment() -> jinja2.Environment:
-    environment = jinja2.Environment(
+def environment() -> jinja2.Environment:
+    """The template's environment: autoescaped (ids and paths are text, never markup), and
+    strict, so a field the template names but the report lacks fails loudly."""
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("igcam_cli.report", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    environment.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}"
-    environment.filters["secs"] = _seconds
-    return environment
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}"
+    env.filters["secs"] = _seconds
+    return env
 
 
 def _seconds(value: float | None) -> str:
@@ -119,7 +121,7 @@ def write_report(root: Path, page: Path, rows: int) -> Path:
     charts = _charts(facts, assets)
     grid = picture_grid(facts, rows, assets.folder)
     assets.keep(grid)
-    html = _environment().get_template("report.html.j2").render(
+    html = environment().get_template("report.html.j2").render(
         facts=facts, root=root.resolve(), charts=charts, grid=grid, legend=_legend(facts),
         methods=[_method_row(m) for m in facts.methods], version=__version__,
         created=time.strftime("%Y-%m-%d %H:%M:%S %z"))
