@@ -42,15 +42,16 @@ def browser() -> str | None:
     return next((found for name in BROWSERS if (found := shutil.which(name))), None)
 
 
-def probe(chromium: str, page: Path) -> dict:
-    """Load a copy of ``page`` with :data:`PROBE` added; its findings as a dict."""
+def probe(chromium: str, page: Path, width: int) -> dict:
+    """Load a copy of ``page`` with :data:`PROBE` added, ``width`` pixels wide; its findings."""
     html = page.read_text()
     base = f'<base href="{page.parent.resolve().as_uri()}/">'
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "probe.html"
         copy.write_text(html.replace("<head>", "<head>" + base, 1)
                         .replace("</body>", PROBE + "</body>", 1))
-        dom = subprocess.run([chromium, *FLAGS, "--dump-dom", copy.as_uri()],
+        dom = subprocess.run([chromium, *FLAGS, f"--window-size={width},800", "--dump-dom",
+                              copy.as_uri()],
                              capture_output=True, text=True, timeout=120, check=True).stdout
     found = re.search(r'<pre id="igcam-probe">(.*?)</pre>', dom, re.S)
     if found is None:
@@ -76,7 +77,7 @@ def main() -> int:
     if chromium is None:
         print("no Chromium found (apt-get install chromium)", file=sys.stderr)
         return 2
-    found = probe(chromium, args.page)
+    found = probe(chromium, args.page, args.width)
     if found["broken"]:
         print(f"{len(found['broken'])} of {found['images']} pictures did not show: "
               + ", ".join(found["broken"]), file=sys.stderr)

@@ -77,9 +77,12 @@ def per_class(iou: Mapping[str, float], precision: Mapping[str, float],
                      color=PRECISION, label="precision", zorder=3)
         axes.scatter([100 * recall.get(n, 0) for n in names], rows, marker="x", s=30,
                      color=RECALL, label="recall", zorder=3)
-        for row, name in zip(rows, names, strict=True):
-            axes.annotate(f"{100 * iou[name]:.1f}", (100 * iou[name], row), xytext=(3, 0),
-                          textcoords="offset points", va="center", fontsize=7)
+        for row, name in zip(rows, names, strict=True):  # inside the bar, clear of the marks
+            inside = iou[name] > 0.12
+            axes.annotate(f"{100 * iou[name]:.1f}", (100 * iou[name], row),
+                          xytext=(-3 if inside else 3, 0), textcoords="offset points",
+                          ha="right" if inside else "left", va="center", fontsize=7,
+                          color="white" if inside else "black")
         axes.set_yticks(list(rows), names)
         axes.invert_yaxis()
         axes.set(xlim=(0, 105), xlabel="%")
