@@ -63,6 +63,17 @@ def prediction(method: Method, image_id: str) -> np.ndarray:
                        float(method.threshold or 0.0))
 
 
+def read_truth(folder: Path | None, image_id: str) -> np.ndarray | None:
+    """An image's ground truth; None when it has none or it cannot be read."""
+    path = folder / f"{image_id}.png" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return read_label_map(path)
+    except ImageProblem:
+        return None
+
+
 def image_miou(method: Method, image_id: str, gt: np.ndarray) -> float | None:
     """One image's mIoU under ``method`` (over the classes present in its ground truth or its
     prediction); 0 for a missing or unreadable prediction, as eval counts it."""
@@ -102,12 +113,14 @@ def choose(facts: RunFacts, rows: int) -> tuple[list[tuple[str, str | None]], Me
     """The ids of the rows with their groups, the ranking method and the ids chosen from."""
     ranking = _ranking(facts)
     if ranking is not None:
-        ids = sorted(p.stem for p in facts.gt.glob("*.png")
-                     if (ranking.path / f"{p.stem}{_suffix(ranking)}").is_file())
-        if ids:
-            score = {i: image_miou(ranking, i, read_label_map(facts.gt / f"{i}.png")) for i in ids}
-            ids = sorted((i for i in ids if score[i] is not None), key=lambda i: (score[i], i))
-            return [(ids[p], g) for p, g in _positions(len(ids), rows, True)], ranking, len(ids)
+        score = {p.stem: image_miou(ranking, p.stem, gt) for p in facts.gt.glob("*.png")
+                 if (ranking.path / f"{p.stem}{_suffix(ranking)}").is_file()
+                 and (gt := read_truth(facts.gt, p.stem)) is not None}
+        ranked = sorted((i for i, v in score.items() if v is not None),
+                        key=lambda i: (score[i], i))
+        if ranked:
+            return ([(ranked[p], g) for p, g in _positions(len(ranked), rows, True)], ranking,
+                    len(ranked))
     source = next((m for m in facts.methods if m.kind == "cams"), None)
     ids = sorted(p.stem for p in source.path.glob("*.npz")) if source else []
     if not ids:
@@ -149,8 +162,8 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
     """One image's panels, written into ``assets`` (``<id>.photo.jpg``, ``<id>--<method>.jpg``,
     ``<id>.gt.jpg``: no method folder name can make two panels share a file)."""
     row = Row(image_id, group)
-    source = _photo_path(facts, image_id)
     try:
+        source = _photo_path(facts, image_id)
         if source is None:
             raise ImageProblem("no CAM file names this image's photo")
         full = image_size(source)[::-1]
@@ -159,8 +172,7 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
         row.panels.append(Panel("photo", note=str(problem)))
         return row
     size = photo.shape[:2]
-    gt_file = facts.gt / f"{image_id}.png" if facts.gt is not None else None
-    gt = read_label_map(gt_file) if gt_file is not None and gt_file.is_file() else None
+    gt = read_truth(facts.gt, image_id)
 
     def at_panel_size(array: np.ndarray, path: Path, labels: bool) -> np.ndarray:
         if array.shape[-2:] != full:  # another image's file: never stretched to fit
@@ -185,10 +197,11 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
         if gt is not None and method.evaluation is not None and panel.file is not None:
             panel.score = image_miou(method, image_id, gt)
         row.panels.append(panel)
-    if gt_file is not None:
+    if facts.gt is not None:
         if gt is None:
-            row.panels.append(Panel("ground truth", note="no ground-truth mask"))
+            row.panels.append(Panel("ground truth", note="no readable ground-truth mask"))
         else:
+            gt_file = facts.gt / f"{image_id}.png"
             row.panels.append(_panel(
                 "ground truth", lambda: blend(photo, at_panel_size(gt, gt_file, labels=True)),
                 assets, f"{image_id}.gt.jpg"))
