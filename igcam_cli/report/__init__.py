@@ -87,8 +87,8 @@ class _Assets:
 
 def _charts(facts: RunFacts, assets: _Assets) -> dict[str, Any]:
     """Every chart, written into the assets folder; the links the template shows."""
-    curves = {t.folder: assets.add(f"training-{t.folder}.svg", plots.training_curve(t.history))
-              for t in facts.trainings if t.history}
+    curves = {t.folder: assets.add(f"training-{t.folder}.svg", svg) for t in facts.trainings
+              if (svg := plots.training_curve(t.history)) is not None}
     sweeps = {m.name: m.evaluation["sweep"] for m in facts.scored
               if m.kind == "cams" and m.evaluation.get("sweep")}
     best = {m.name: m.threshold for m in facts.scored if m.name in sweeps}

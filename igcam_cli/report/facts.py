@@ -18,6 +18,7 @@ from igcam_cli.artifacts import CLASSIFIER_FILE, RunDir
 from igcam_cli.datasets import DatasetSpec, dataset_format
 from igcam_cli.errors import IgcamError
 
+METRICS_FILE = "metrics.json"  # RUN/train-cls*/: one record per epoch
 CAM_FOLDER, MASK_FOLDER = "cam", "refine"  # RUN/cam, RUN/cam-<method>; RUN/refine, refine-<x>
 SETTINGS = ("stage", "backbone", "epochs", "batch_size", "crop", "lr", "head_lr_mult",
             "weight_decay", "fpn", "init", "influence", "seed")  # train-cls options shown
@@ -185,7 +186,7 @@ def read_run(root: Path) -> RunFacts:
             if step.name == "train-cls" or not facts.dataset:  # the classifier's data first
                 facts.dataset = {**spec, **{k: inputs[k] for k in ("num_images", "class_names")
                                             if k in inputs}}
-        if step.name == "train-cls":
+        if step.name == "train-cls" or (folder / METRICS_FILE).is_file():  # any trained stage
             facts.trainings.append(_training(folder, first, facts.problems))
     _evaluations(root, facts, methods)
     facts.methods = sorted(methods.values(), key=lambda m: (m.kind != "cams", m.name))
@@ -200,7 +201,7 @@ def _training(folder: Path, manifest: dict[str, Any], problems: list[str]) -> Tr
     config = manifest.get("config") or {}
     settings = {k: config[k] for k in SETTINGS if config.get(k) is not None}
     history = manifest.get("history")
-    metrics = folder / "metrics.json"
+    metrics = folder / METRICS_FILE
     if metrics.is_file():  # the per-epoch file is the one written as training goes
         try:
             history = json.loads(metrics.read_text())

@@ -25,17 +25,23 @@ def _svg(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def training_curve(history: list[Mapping[str, float]]) -> bytes:
-    """Loss and training mAP per epoch, side by side."""
+def training_curve(history: list[Mapping[str, float]]) -> bytes | None:
+    """Loss and training mAP per epoch, side by side (whichever of them the stage records);
+    None when it records neither."""
     epochs = [h["epoch"] for h in history]
+    series = [(key, label, colour) for key, label, colour in (
+        ("loss", "loss", IOU), ("train_map", "mAP", RECALL))
+        if history and all(isinstance(h.get(key), int | float) for h in history)]
+    if not series:
+        return None
     with rc_context(STYLE):
-        figure = Figure(figsize=(7.5, 2.4))
-        loss, score = figure.subplots(1, 2)
-        loss.plot(epochs, [h.get("loss") for h in history], marker="o", color=IOU)
-        loss.set(xlabel="epoch", ylabel="loss", title="training loss")
-        score.plot(epochs, [h.get("train_map") for h in history], marker="o", color=RECALL)
-        score.set(xlabel="epoch", ylabel="mAP", title="training mAP", ylim=(0, 1.02))
-        for axes in (loss, score):
+        figure = Figure(figsize=(3.75 * len(series), 2.4))
+        for axes, (key, label, colour) in zip(
+                figure.subplots(1, len(series), squeeze=False)[0], series, strict=True):
+            axes.plot(epochs, [h[key] for h in history], marker="o", color=colour)
+            axes.set(xlabel="epoch", ylabel=label, title=f"training {label}")
+            if key == "train_map":
+                axes.set_ylim(0, 1.02)
             axes.xaxis.get_major_locator().set_params(integer=True)
         return _svg(figure)
 
