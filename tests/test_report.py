@@ -206,11 +206,20 @@ def test_without_ground_truth_the_report_has_pictures_but_no_scores(
 def test_a_run_with_only_a_classifier_reports_its_training(trained_run: Path,
                                                            tmp_path: Path) -> None:
     run = new_run(trained_run, tmp_path / "run")
+    manifest = run / "train-cls" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    recorded["warnings"] = ["demo_0007.jpg: unreadable <image>"]
+    recorded["counts"]["failed"] = 1
+    manifest.write_text(json.dumps(recorded))
     ok(igcam("report", "--run", run, "--out", tmp_path / "elsewhere" / "page.html"))
-    page = Page(tmp_path / "elsewhere" / "page.html")
+    html = tmp_path / "elsewhere" / "page.html"
+    page = Page(html)
     assert page.images == ["page/training-train-cls.svg"]
     assert (tmp_path / "elsewhere" / "page" / "training-train-cls.svg").is_file()
-    assert page.row("epochs", 2)[1] == "2" and page.row("train-cls", STEPS)[1] == "train-cls"
+    assert page.row("epochs", 2)[1] == "2"
+    step = page.row("train-cls", STEPS)
+    assert step[1] == "train-cls" and step[5] == "1" and step[6].startswith("1 warning ")
+    assert "unreadable &lt;image&gt;" in html.read_text()  # shown as text, escaped
     assert "No CAM files yet" in "".join(page.text)
     assert not (run / "report.html").exists()  # only where --out says
 
