@@ -83,6 +83,11 @@ def new_run(trained_run: Path, folder: Path) -> Path:
     return folder
 
 
+def stored(folder: Path) -> set[Path]:
+    """The charts and pictures in a report's folder (all but its mark)."""
+    return {p.resolve() for p in folder.iterdir() if p.name != report_module.MARKER}
+
+
 def evaluated(run: Path, name: str) -> dict:
     return json.loads((run / "eval" / f"{name}.json").read_text())["report"]
 
@@ -128,8 +133,8 @@ def test_every_method_appears_with_the_numbers_of_its_evaluation(scored_run: Pat
 
 def _tick_labels(svg: Path) -> list[str]:
     """The y-axis labels of a chart, top to bottom."""
-    texts = [t for t in ElementTree.parse(svg).iter(f"{SVG}text")
-             if "text-anchor: end" in t.get("style", "")]
+    texts = [t for group in ElementTree.parse(svg).iter(f"{SVG}g")
+             if group.get("id", "").startswith("ytick_") for t in group.iter(f"{SVG}text")]
     return [t.text or "" for t in sorted(texts, key=lambda t: float(t.get("y")))]
 
 
@@ -160,7 +165,7 @@ def test_every_linked_file_exists_and_the_page_needs_no_network(scored_run: Path
               "classes-cam-sharp.svg", "classes-refine.svg"}
     assert charts <= {Path(src).name for src in page.images}
     linked = {(html.parent / src).resolve() for src in page.images}
-    assert {p.resolve() for p in (scored_run / "report").iterdir()} == linked  # nothing stray
+    assert stored(scored_run / "report") == linked  # nothing stray
 
 
 def _image_miou(run: Path, tiny_voc: Path, image_id: str) -> float:
@@ -231,7 +236,7 @@ def test_a_rerun_removes_stale_pictures_and_a_failed_one_keeps_the_old_page(
     page = write_report(run, run / "report.html", rows=3)
     assert len(Page(page).grid()[1]) == 3
     linked = {(run / src).resolve() for src in Page(page).images}
-    assert {p.resolve() for p in (run / "report").iterdir()} == linked
+    assert stored(run / "report") == linked
     before = page.read_bytes()
 
     def crash(*args: object) -> None:
@@ -250,15 +255,19 @@ def test_a_rerun_removes_stale_pictures_and_a_failed_one_keeps_the_old_page(
     (("--run", "{tmp}/absent"), "run directory"),
     (("--run", "{tmp}/empty"), "holds no step folders"),
     (("--run", "{tmp}/empty-but", "--out", "{tmp}/page.txt"), "--out must name an .html"),
+    (("--run", "{tmp}/empty-but", "--out", "{tmp}/photos.html"), "holds files of its own"),
 ])
 def test_mistakes_are_one_line_errors(args: tuple[str, ...], message: str,
                                       tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty-but" / "cam").mkdir(parents=True)
+    (tmp_path / "photos").mkdir()  # someone's folder where the page's would go
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"not the report's")
     result = igcam("report", *(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "photos" / "holiday.jpg").is_file()
 
 
 def test_the_page_shows_every_picture_in_chromium(scored_run: Path, tmp_path: Path) -> None:

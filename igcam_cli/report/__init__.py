@@ -19,11 +19,13 @@ import jinja2
 
 from igcam_cli import __version__
 from igcam_cli.artifacts import ensure_dir, remove_stale_temps, write_bytes
+from igcam_cli.errors import IgcamError
 from igcam_cli.images import voc_palette
 from igcam_cli.report import plots
 from igcam_cli.report.facts import Method, RunFacts, read_run
 from igcam_cli.report.pictures import Grid, picture_grid
 
+MARKER = ".igcam-report"  # in a report's folder: its files are the report's to replace
 __all__ = ["assets_folder", "environment", "write_report"]
 
 
@@ -63,11 +65,19 @@ def _legend(facts: RunFacts) -> list[tuple[str, str]]:
 
 
 class _Assets:
-    """The charts and pictures of one report, remembered so stale ones can be removed."""
+    """The charts and pictures of one report, remembered so stale ones can be removed.
+
+    The folder is marked as a report's when it is made, and a folder that holds anything
+    without the mark is refused: cleaning it would delete files that are not the report's.
+    """
 
     def __init__(self, folder: Path) -> None:
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+            raise IgcamError(f"{folder} holds files of its own, and a report would write its "
+                             "pictures there: give another --out")
         self.folder = ensure_dir(folder)
         remove_stale_temps(folder)
+        write_bytes(folder / MARKER, b"charts and pictures of the page beside this folder\n")
         self.names: set[str] = set()
 
     def add(self, name: str, data: bytes) -> str:
