@@ -109,7 +109,7 @@ def _charts(facts: RunFacts, assets: _Assets) -> dict[str, Any]:
         report = method.evaluation
         valid = {k: v for k, v in report.get("iou", {}).items() if v is not None}
         if valid:
-            per_class[method.name] = assets.add(f"classes-{method.name}.svg", plots.per_class(
+            per_class[method.name] = assets.add(f"classes-{method.slug}.svg", plots.per_class(
                 valid, report.get("precision", {}), report.get("recall", {})))
     return {"curves": curves, "sweep": sweep, "per_class": per_class}
 

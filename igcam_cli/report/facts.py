@@ -10,18 +10,17 @@ readable.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igcam_cli.artifacts import CLASSIFIER_FILE, RunDir
+from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import DatasetSpec, dataset_format
 from igcam_cli.errors import IgcamError
 
 METRICS_FILE = "metrics.json"  # RUN/train-cls*/: one record per epoch
 CAM_FOLDER, MASK_FOLDER = "cam", "refine"  # RUN/cam, RUN/cam-<method>; RUN/refine, refine-<x>
-SETTINGS = ("stage", "backbone", "epochs", "batch_size", "crop", "lr", "head_lr_mult",
-            "weight_decay", "fpn", "init", "influence", "seed")  # train-cls options shown
 
 
 @dataclass
@@ -39,12 +38,13 @@ class Step:
 
 @dataclass
 class Training:
-    """One classifier training stage: its settings and per-epoch curve."""
+    """One training stage (a classifier's, or any step that writes ``metrics.json``): its
+    settings and per-epoch records, which exist while it still runs."""
 
     folder: str
     settings: dict[str, Any]
     history: list[dict[str, float]]
-    finished: bool
+    finished: str | None  # when, from its manifest
 
 
 @dataclass
@@ -58,6 +58,11 @@ class Method:
     seconds_per_image: float | None = None
     evaluation: dict[str, Any] | None = None  # the ``report`` of its eval JSON
     eval_file: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """The name as a file name part (``refine-par/scores`` -> ``refine-par_scores``)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.name)
 
     @property
     def threshold(self) -> float | None:
@@ -108,11 +113,24 @@ def _resolve(recorded: str, origin: Path) -> Path:
     return path if path.is_absolute() else (origin / path).resolve()
 
 
-def _folder_in_run(recorded: str, origin: Path, root: Path) -> Path:
-    """A step folder named in a manifest: the run's folder of that name when there is one (the
-    run may have moved since), else the recorded path."""
-    inside = root / Path(recorded).name
-    return inside if inside.is_dir() else _resolve(recorded, origin)
+def _scored_folder(recorded: str, out: Any, origin: Path, root: Path) -> Path:
+    """The folder an eval scored, where it lies in this run: found through the eval's own
+    ``--out`` (``RUN/eval/NAME.json``), so a run that moved is read where it is now; else the
+    recorded path."""
+    folder = _resolve(recorded, origin)
+    if isinstance(out, str):
+        recorded_root = _resolve(out, origin).parent.parent
+        if folder.is_relative_to(recorded_root):
+            inside = root / folder.relative_to(recorded_root)
+            if inside.is_dir():
+                return inside
+    return folder
+
+
+def _name(folder: Path, root: Path) -> str:
+    """A method's name: its folder relative to the run (``refine-par/scores``), else its own."""
+    resolved, top = folder.resolve(), root.resolve()
+    return str(resolved.relative_to(top)) if resolved.is_relative_to(top) else folder.name
 
 
 def _step(name: str, where: str, manifests: list[dict[str, Any]]) -> Step:
@@ -170,6 +188,9 @@ def read_run(root: Path) -> RunFacts:
         kind = _kind(folder)
         if kind is not None and _files(folder, kind):
             methods[folder.resolve()] = Method(folder.name, kind, folder, _files(folder, kind))
+        if (folder / METRICS_FILE).is_file() or (manifests and manifests[0].get("step")
+                                                   == "train-cls"):
+            facts.trainings.append(_training(folder, manifests, facts.problems))
         if not manifests:
             continue
         step = _step(str(manifests[0].get("step", folder.name)), folder.name, manifests)
@@ -186,20 +207,23 @@ def read_run(root: Path) -> RunFacts:
             if step.name == "train-cls" or not facts.dataset:  # the classifier's data first
                 facts.dataset = {**spec, **{k: inputs[k] for k in ("num_images", "class_names")
                                             if k in inputs}}
-        if step.name == "train-cls" or (folder / METRICS_FILE).is_file():  # any trained stage
-            facts.trainings.append(_training(folder, first, facts.problems))
     _evaluations(root, facts, methods)
     facts.methods = sorted(methods.values(), key=lambda m: (m.kind != "cams", m.name))
     if facts.gt is None and datasets:  # not evaluated: the ground truth of the pictured images
         _, spec, origin = min(datasets, key=lambda item: item[0])
         facts.gt = _ground_truth(spec, origin)
     facts.steps.sort(key=lambda s: s.created)
+    facts.trainings.sort(key=lambda t: (t.finished is None, t.finished or ""))
     return facts
 
 
-def _training(folder: Path, manifest: dict[str, Any], problems: list[str]) -> Training:
-    config = manifest.get("config") or {}
-    settings = {k: config[k] for k in SETTINGS if config.get(k) is not None}
+def _training(folder: Path, manifests: list[dict[str, Any]], problems: list[str]) -> Training:
+    """A stage's settings (the scalar options of its recipe, which are the ones that change
+    its output) and its per-epoch records."""
+    manifest = manifests[0] if manifests else {}
+    recipe = manifest.get("recipe") or manifest.get("config") or {}
+    settings = {k: v for k, v in recipe.items()
+                if isinstance(v, str | int | float) and not k.endswith("_sha256")}
     history = manifest.get("history")
     metrics = folder / METRICS_FILE
     if metrics.is_file():  # the per-epoch file is the one written as training goes
@@ -208,7 +232,7 @@ def _training(folder: Path, manifest: dict[str, Any], problems: list[str]) -> Tr
         except (OSError, json.JSONDecodeError):
             problems.append(f"{metrics}: unreadable")
     rows = [h for h in history or [] if isinstance(h, dict) and "epoch" in h]
-    return Training(folder.name, settings, rows, (folder / CLASSIFIER_FILE).is_file())
+    return Training(folder.name, settings, rows, manifest.get("created"))
 
 
 def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> None:
@@ -227,10 +251,10 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
         facts.steps.append(step)
         if not isinstance(scored, str):
             continue
-        target = _folder_in_run(scored, origin, root)
+        target = _scored_folder(scored, config.get("out"), origin, root)
         kind = "cams" if report.get("kind") == "cams" else "masks"
         method = methods.setdefault(target.resolve(), Method(
-            target.name, kind, target, _files(target, kind) if target.is_dir() else 0))
+            _name(target, root), kind, target, _files(target, kind) if target.is_dir() else 0))
         method.evaluation, method.eval_file = report, path.name
         gt = (manifest.get("inputs") or {}).get("gt")
         if isinstance(gt, str) and _resolve(gt, origin).is_dir():

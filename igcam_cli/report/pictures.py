@@ -193,7 +193,7 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
             row.panels.append(Panel(method.name, note="no file for this image"))
             continue
         panel = _panel(method.name, functools.partial(picture, method), assets,
-                       f"{image_id}--{method.name}.jpg")
+                       f"{image_id}--{method.slug}.jpg")
         if gt is not None and method.evaluation is not None and panel.file is not None:
             panel.score = image_miou(method, image_id, gt)
         row.panels.append(panel)
