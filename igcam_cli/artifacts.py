@@ -45,6 +45,7 @@ PROTOTYPES_FILE = "prototypes.pt"  # RUN/prototypes/: lpcam's class and context 
 SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influence
 SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
 MAPS_DIR = "maps"  # RUN/influence/maps/<id>.npz: spatial influence maps
+REPORT_FILE = "report.html"  # RUN/: igcam report's page, beside its folder RUN/report/
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class RunDir:
 
     def eval_report(self, name: str) -> Path:
         return self.step("eval") / f"{name}.json"
+
+    def report(self) -> Path:
+        """``igcam report``'s page; its charts and pictures go in ``RUN/report/``."""
+        return self.root / REPORT_FILE
 
 
 def ensure_dir(path: Path) -> Path:

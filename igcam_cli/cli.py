@@ -166,6 +166,9 @@ COMMANDS = {
                       "igcam_cli.steps.refine:RefineConfig:refine", REFINER_OPTIONS),
     "eval": Command("mIoU, per-class IoU, precision and recall over background + C classes (GT "
                     "255 ignored).", "igcam_cli.steps.eval:EvalConfig:evaluate"),
+    "report": Command("One HTML page about a run: settings, training curve, steps, every "
+                      "method's scores, charts and pictures (opens from disk).",
+                      "igcam_cli.steps.report:ReportConfig:report"),
     "run": Command("Every step in order in one run directory, skipping what is already done.",
                    "igcam_cli.steps.run:RunConfig:run"),
     "demo": Command("Generate a small shapes dataset and run the whole pipeline on it (a few "

@@ -26,3 +26,5 @@ def test_demo_masks_beat_all_background(tmp_path: Path) -> None:
     assert mask_report["miou"] > 2 * trivial, (mask_report["miou"], trivial)
     assert len(list((run / "vis").glob("*.jpg"))) == 12
     assert "mIoU" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(str(run / "report.html"))
+    assert "seed" in (run / "report.html").read_text()

@@ -1,4 +1,5 @@
-"""A normal (non-editable) install carries what igcam reads at run time.
+"""A normal (non-editable) install carries what igcam reads at run time (the weights manifest,
+the report's template).
 
 The weights manifest used to live outside the package, so only an editable install found it
 and every other install skipped the SHA-256 check of weight files without a word.
@@ -22,7 +23,7 @@ NOT_SOURCES = shutil.ignore_patterns(".venv", ".git", "bench", "build", "dist", 
                                      "*.pth", "*.pt")
 
 
-def test_non_editable_install_finds_the_weights_manifest(tmp_path: Path) -> None:
+def test_non_editable_install_finds_its_package_data(tmp_path: Path) -> None:
     if importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools") is None:
         pytest.skip("pip and setuptools are needed to build and install the package")
     source = tmp_path / "source"  # built from a copy: the build writes build/ and *.egg-info
@@ -36,7 +37,10 @@ def test_non_editable_install_finds_the_weights_manifest(tmp_path: Path) -> None
     env = {**os.environ, "PYTHONPATH": str(target)}
     shown = subprocess.run(
         [sys.executable, "-c", "import igcam_cli.backbones.weights as w; "
-         "print(w.__file__); print(sorted(w.weights_manifest()))"],
+         "print(w.__file__); print(sorted(w.weights_manifest())); "
+         "import igcam_cli.report as r; "
+         "print(r.environment().get_template('report.html.j2').filename)"],
         check=True, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.splitlines()
     assert Path(shown[0]).is_relative_to(target)
     assert "resnet50" in shown[1]
+    assert Path(shown[2]).is_relative_to(target)  # the report's template

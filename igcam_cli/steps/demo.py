@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igcam_cli import options
+from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import DatasetSpec
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.options import option
@@ -37,4 +38,5 @@ def demo(config: DemoConfig) -> dict[str, dict]:
         console.print(f"demo: seed mIoU {100 * reports['seed']['miou']:.1f} "
                       f"(best threshold {reports['seed']['threshold']}), pseudo-mask mIoU "
                       f"{100 * reports['mask']['miou']:.1f}; pictures in {config.run / 'vis'}")
+    console.print(f"demo: open the report {RunDir(config.run).report()}")
     return reports

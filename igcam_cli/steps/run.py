@@ -22,6 +22,7 @@ from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 from igcam_cli.steps.refine import DEFAULT_METHOD, DEFAULT_THRESHOLD, RefineConfig, refine
 from igcam_cli.steps.train_aff import AffinityConfig, train_aff
+from igcam_cli.steps.report import ReportConfig, report
 from igcam_cli.steps.train_cls import TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
@@ -86,4 +87,5 @@ def run(config: RunConfig) -> dict[str, dict]:
                  f"threshold {threshold})", **common))
     written = write_overlays(cams, masks, gt, folders.step("vis"), config.vis)
     console.print(f"run: {len(written)} overlay pictures in {folders.step('vis')}")
+    report(ReportConfig(run=config.run))  # last: it shows every step above
     return reports

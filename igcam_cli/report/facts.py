@@ -1,0 +1,261 @@
+"""What a run directory says about itself: training, step manifests, methods and their scores.
+
+Everything here is read from files the steps already wrote (manifests, ``metrics.json``,
+``eval/*.json``); nothing is recomputed. Paths inside manifests are as the user typed them,
+often relative to the directory the step ran in, so they are resolved against that directory
+(recovered from the manifest's own recorded output path), which keeps a moved or copied run
+readable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from igcam_cli.artifacts import RunDir
+from igcam_cli.datasets import DatasetSpec, dataset_format
+from igcam_cli.errors import IgcamError
+
+METRICS_FILE = "metrics.json"  # RUN/train-cls*/: one record per epoch
+CAM_FOLDER, MASK_FOLDER = "cam", "refine"  # RUN/cam, RUN/cam-<method>; RUN/refine, refine-<x>
+
+
+@dataclass
+class Step:
+    """One finished step (its manifests, shards summed) or one evaluation."""
+
+    name: str  # the step ("cam", "eval")
+    where: str  # its folder or file, relative to the run
+    created: str
+    seconds: float | None
+    counts: dict[str, int]
+    warnings: list[str]
+    shards: int = 1
+
+
+@dataclass
+class Training:
+    """One training stage (a classifier's, or any step that writes ``metrics.json``): its
+    settings and per-epoch records, which exist while it still runs."""
+
+    folder: str
+    settings: dict[str, Any]
+    history: list[dict[str, float]]
+    finished: str | None  # when, from its manifest
+
+
+@dataclass
+class Method:
+    """A CAM folder (``kind`` "cams") or a pseudo-mask folder ("masks"), evaluated or not."""
+
+    name: str
+    kind: str
+    path: Path
+    files: int
+    seconds_per_image: float | None = None
+    evaluation: dict[str, Any] | None = None  # the ``report`` of its eval JSON
+    eval_file: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """The name as a file name part (``refine-par/scores`` -> ``refine-par_scores``)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.name)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.evaluation.get("threshold") if self.evaluation else None
+
+
+@dataclass
+class RunFacts:
+    root: Path
+    dataset: dict[str, Any] = field(default_factory=dict)
+    trainings: list[Training] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    methods: list[Method] = field(default_factory=list)
+    gt: Path | None = None
+    problems: list[str] = field(default_factory=list)  # files the report could not read
+
+    @property
+    def scored(self) -> list[Method]:
+        return [m for m in self.methods if m.evaluation is not None]
+
+
+def _load(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """A JSON object, or None (noted in ``problems``) when the file is damaged."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: unreadable ({type(exc).__name__})")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path}: not a manifest")
+        return None
+    return data
+
+
+def _origin(actual: Path, recorded: Any) -> Path:
+    """The directory a step ran in, from where its output is (``actual``) and how the step
+    named it (``recorded``, e.g. ``bench/runs/x``); the current directory when unknown."""
+    if isinstance(recorded, str) and not Path(recorded).is_absolute():
+        parts, found = Path(recorded).parts, actual.resolve().parts
+        if parts and ".." not in parts and found[-len(parts):] == parts:
+            return Path(*found[:-len(parts)])
+    return Path.cwd()
+
+
+def _resolve(recorded: str, origin: Path) -> Path:
+    path = Path(recorded)
+    return path if path.is_absolute() else (origin / path).resolve()
+
+
+def _scored_folder(recorded: str, out: Any, origin: Path, root: Path) -> Path:
+    """The folder an eval scored, where it lies in this run: found through the eval's own
+    ``--out`` (``RUN/eval/NAME.json``), so a run that moved is read where it is now; else the
+    recorded path."""
+    folder = _resolve(recorded, origin)
+    if isinstance(out, str):
+        recorded_root = _resolve(out, origin).parent.parent
+        if folder.is_relative_to(recorded_root):
+            inside = root / folder.relative_to(recorded_root)
+            if inside.is_dir():
+                return inside
+    return folder
+
+
+def _name(folder: Path, root: Path) -> str:
+    """A method's name: its folder relative to the run (``refine-par/scores``), else its own."""
+    resolved, top = folder.resolve(), root.resolve()
+    return str(resolved.relative_to(top)) if resolved.is_relative_to(top) else folder.name
+
+
+def _step(name: str, where: str, manifests: list[dict[str, Any]]) -> Step:
+    counts: dict[str, int] = {}
+    for manifest in manifests:
+        for key, value in (manifest.get("counts") or {}).items():
+            if isinstance(value, int | float):
+                counts[key] = counts.get(key, 0) + int(value)
+    seconds = [m.get("timings", {}).get("total_s") for m in manifests]
+    return Step(name=name, where=where, created=max(str(m.get("created", "")) for m in manifests),
+                seconds=sum(s for s in seconds if isinstance(s, int | float)) or None,
+                counts=counts, warnings=[w for m in manifests for w in m.get("warnings", [])],
+                shards=len(manifests))
+
+
+def _per_image(step: Step) -> float | None:
+    processed = step.counts.get("processed", 0)
+    return step.seconds / processed if step.seconds and processed else None
+
+
+def _files(folder: Path, kind: str) -> int:
+    return sum(1 for _ in folder.glob("*.npz" if kind == "cams" else "*.png"))
+
+
+def _kind(folder: Path) -> str | None:
+    """``cams`` or ``masks`` for the run's CAM and refine folders (by their names), else None."""
+    for prefix, kind in ((CAM_FOLDER, "cams"), (MASK_FOLDER, "masks")):
+        if folder.name == prefix or folder.name.startswith(prefix + "-"):
+            return kind
+    return None
+
+
+def _ground_truth(dataset: dict[str, Any], origin: Path) -> Path | None:
+    """The dataset's ground-truth folder, when its format has one (VOC's masks)."""
+    paths = {k: _resolve(v, origin) for k, v in dataset.items()
+             if k in ("voc", "images", "labels", "classes") and isinstance(v, str)}
+    try:
+        spec = DatasetSpec(**paths, **({"split": dataset["split"]} if dataset.get("split")
+                                       else {}))
+        fmt = dataset_format(spec)
+        gt = fmt.ground_truth(spec) if fmt is not None else None
+    except (IgcamError, OSError, TypeError):
+        return None
+    return gt if gt is not None and gt.is_dir() else None
+
+
+def read_run(root: Path) -> RunFacts:
+    """Everything the report shows about ``root`` except the pictures."""
+    facts = RunFacts(root=root)
+    methods: dict[Path, Method] = {}
+    datasets: list[tuple[bool, dict[str, Any], Path]] = []  # (not a CAM step's, spec, origin)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        manifests = [m for path in sorted(folder.glob("manifest*.json"))
+                     if (m := _load(path, facts.problems)) is not None and m.get("complete")]
+        kind = _kind(folder)
+        if kind is not None and _files(folder, kind):
+            methods[folder.resolve()] = Method(folder.name, kind, folder, _files(folder, kind))
+        if (folder / METRICS_FILE).is_file() or (manifests and manifests[0].get("step")
+                                                   == "train-cls"):
+            facts.trainings.append(_training(folder, manifests, facts.problems))
+        if not manifests:
+            continue
+        step = _step(str(manifests[0].get("step", folder.name)), folder.name, manifests)
+        facts.steps.append(step)
+        if folder.resolve() in methods:
+            methods[folder.resolve()].seconds_per_image = _per_image(step)
+        first = manifests[0]
+        facts.versions.update(first.get("versions") or {})
+        inputs = first.get("inputs") or {}
+        if isinstance(inputs.get("dataset"), dict):
+            spec = {k: v for k, v in inputs["dataset"].items() if v is not None}
+            origin = _origin(root, (first.get("config") or {}).get("run"))
+            datasets.append((kind != "cams", spec, origin))
+            if step.name == "train-cls" or not facts.dataset:  # the classifier's data first
+                facts.dataset = {**spec, **{k: inputs[k] for k in ("num_images", "class_names")
+                                            if k in inputs}}
+    _evaluations(root, facts, methods)
+    facts.methods = sorted(methods.values(), key=lambda m: (m.kind != "cams", m.name))
+    if facts.gt is None and datasets:  # not evaluated: the ground truth of the pictured images
+        _, spec, origin = min(datasets, key=lambda item: item[0])
+        facts.gt = _ground_truth(spec, origin)
+    facts.steps.sort(key=lambda s: s.created)
+    facts.trainings.sort(key=lambda t: (t.finished is None, t.finished or ""))
+    return facts
+
+
+def _training(folder: Path, manifests: list[dict[str, Any]], problems: list[str]) -> Training:
+    """A stage's settings (the scalar options of its recipe, which are the ones that change
+    its output) and its per-epoch records."""
+    manifest = manifests[0] if manifests else {}
+    recipe = manifest.get("recipe") or manifest.get("config") or {}
+    settings = {k: v for k, v in recipe.items()
+                if isinstance(v, str | int | float) and not k.endswith("_sha256")}
+    history = manifest.get("history")
+    metrics = folder / METRICS_FILE
+    if metrics.is_file():  # the per-epoch file is the one written as training goes
+        try:
+            history = json.loads(metrics.read_text())
+        except (OSError, json.JSONDecodeError):
+            problems.append(f"{metrics}: unreadable")
+    rows = [h for h in history or [] if isinstance(h, dict) and "epoch" in h]
+    return Training(folder.name, settings, rows, manifest.get("created"))
+
+
+def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> None:
+    """Attach every ``eval/*.json`` to the folder it scored (the latest one wins)."""
+    folder = RunDir(root).step("eval")
+    found = [(p, m) for p in sorted(folder.glob("*.json"))
+             if (m := _load(p, facts.problems)) is not None and isinstance(m.get("report"), dict)]
+    for path, manifest in sorted(found, key=lambda item: str(item[1].get("created", ""))):
+        report, config = manifest["report"], manifest.get("config") or {}
+        origin = _origin(path, config.get("out"))
+        scored = config.get("cams") if report.get("kind") == "cams" else config.get("pred")
+        step = _step("eval", f"eval/{path.name}", [manifest])
+        step.counts = {"images": report.get("images", 0),
+                       "failed": report.get("missing_or_failed", 0)}
+        step.warnings = list(report.get("problems", []))
+        facts.steps.append(step)
+        if not isinstance(scored, str):
+            continue
+        target = _scored_folder(scored, config.get("out"), origin, root)
+        kind = "cams" if report.get("kind") == "cams" else "masks"
+        method = methods.setdefault(target.resolve(), Method(
+            _name(target, root), kind, target, _files(target, kind) if target.is_dir() else 0))
+        method.evaluation, method.eval_file = report, path.name
+        gt = (manifest.get("inputs") or {}).get("gt")
+        if isinstance(gt, str) and _resolve(gt, origin).is_dir():
+            facts.gt = _resolve(gt, origin)

@@ -1,0 +1,294 @@
+"""``igcam report`` on tiny runs: what the page says, what it links, and what it chooses to show.
+
+The scored run has two CAM folders (the plain CAMs and a sharpened copy, both evaluated) and
+one evaluated mask folder; the numbers on the page are checked against the eval JSON, the
+pictures against per-image scores computed here, and every linked file against the disk.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import igcam
+from PIL import Image
+
+import igcam_cli.report as report_module
+from igcam_cli.artifacts import TMP_PREFIX, read_cam, write_cam
+from igcam_cli.images import read_label_map
+from igcam_cli.metrics import confusion, scores
+from igcam_cli.report import write_report
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "bench" / "report_screenshot.py"
+SVG = "{http://www.w3.org/2000/svg}"
+STEPS, METHODS = 7, 9  # cells in a row of the steps table, of the methods table
+
+
+class Page(HTMLParser):
+    """The parts of a report page the tests read: pictures, table rows (cell texts), text."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.rows: list[list[str]] = []
+        self.links: list[str] = []
+        self.text: list[str] = []
+        self._cells: list[str] | None = None
+        self.feed(path.read_text())
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values["src"] or "")
+        elif tag in ("a", "link", "script") and (values.get("href") or values.get("src")):
+            self.links.append(values.get("href") or values.get("src") or "")
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th") and self.rows:
+            self.rows[-1].append("")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self.rows and self.rows[-1]:
+            self.rows[-1][-1] = f"{self.rows[-1][-1]} {data.strip()}".strip()
+
+    def row(self, first: str, width: int) -> list[str]:
+        """The cells of the row of ``width`` cells (which table) whose first reads ``first``."""
+        found = [r for r in self.rows if len(r) == width and r[0] == first]
+        assert found, f"no table row {first!r}"
+        return found[0]
+
+    def grid(self) -> tuple[list[str], list[list[str]]]:
+        """The picture grid's header and rows."""
+        start = next(i for i, r in enumerate(self.rows) if r and r[0] == "image")
+        return self.rows[start], self.rows[start + 1:]
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def new_run(trained_run: Path, folder: Path) -> Path:
+    """A run directory holding a copy of the session's trained classifier."""
+    shutil.copytree(trained_run / "train-cls", folder / "train-cls")
+    return folder
+
+
+def stored(folder: Path) -> set[Path]:
+    """The charts and pictures in a report's folder (all but its mark)."""
+    return {p.resolve() for p in folder.iterdir() if p.name != report_module.MARKER}
+
+
+def evaluated(run: Path, name: str) -> dict:
+    return json.loads((run / "eval" / f"{name}.json").read_text())["report"]
+
+
+@pytest.fixture(scope="module")
+def scored_run(trained_run: Path, tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Path:
+    run = new_run(trained_run, tmp_path_factory.mktemp("report") / "run")
+    ok(igcam("cam", "--run", run, "--voc", tiny_voc, "--scales", "1.0", "--device", "cpu"))
+    sharp = run / "cam-sharp"  # a second CAM folder: the same maps, cubed
+    sharp.mkdir()
+    for path in sorted((run / "cam").glob("*.npz")):
+        data = read_cam(path)
+        write_cam(sharp / path.name, data["classes"], data["cams"].astype(np.float32) ** 3,
+                  data["scores"], Path(str(data["image"])))
+    for folder, name in (("cam", "seed"), ("cam-sharp", "seed-sharp")):
+        ok(igcam("eval", "--cams", run / folder, "--voc", tiny_voc,
+                 "--out", run / "eval" / f"{name}.json"))
+    threshold = evaluated(run, "seed")["threshold"]
+    ok(igcam("refine", "--run", run, "--no-crf", "--threshold", threshold))
+    ok(igcam("eval", "--pred", run / "refine", "--voc", tiny_voc, "--out",
+             run / "eval" / "mask.json"))
+    assert "report: " in ok(igcam("report", "--run", run)).stderr
+    return run
+
+
+def test_every_method_appears_with_the_numbers_of_its_evaluation(scored_run: Path) -> None:
+    page = Page(scored_run / "report.html")
+    for folder, name in (("cam", "seed"), ("cam-sharp", "seed-sharp")):
+        report = evaluated(scored_run, name)
+        row = page.row(folder, METHODS)
+        assert row[1] == "CAMs" and row[2] == "24"
+        assert f"{100 * report['miou']:.1f}" == row[3] and str(report["threshold"]) == row[4]
+        assert row[-1] == f"eval/{name}.json"
+    mask = page.row("refine", METHODS)
+    assert mask[1] == "pseudo-masks"
+    assert mask[5] == f"{100 * evaluated(scored_run, 'mask')['miou']:.1f}"
+    assert float(page.row("cam", METHODS)[7]) > 0  # seconds per image, from cam's manifest
+    assert page.row("cam-sharp", METHODS)[7] == "–"  # a folder without a manifest has no timing
+    steps = {r[0] for r in page.rows if len(r) == STEPS}
+    assert {"train-cls", "cam", "refine", "eval"} <= steps
+
+
+def _tick_labels(svg: Path) -> list[str]:
+    """The y-axis labels of a chart, top to bottom."""
+    texts = [t for group in ElementTree.parse(svg).iter(f"{SVG}g")
+             if group.get("id", "").startswith("ytick_") for t in group.iter(f"{SVG}text")]
+    return [t.text or "" for t in sorted(texts, key=lambda t: float(t.get("y")))]
+
+
+def test_per_class_charts_hold_every_scored_class_worst_first(scored_run: Path) -> None:
+    for folder, name in (("cam", "seed"), ("cam-sharp", "seed-sharp"), ("refine", "mask")):
+        iou = {k: v for k, v in evaluated(scored_run, name)["iou"].items() if v is not None}
+        chart = scored_run / "report" / f"classes-{folder}.svg"
+        labels = _tick_labels(chart)
+        assert sorted(labels) == sorted(iou)
+        assert [iou[n] for n in labels] == sorted(iou.values())  # the worst on top
+        values = {t.text for t in ElementTree.parse(chart).iter(f"{SVG}text")}
+        assert {f"{100 * v:.1f}" for v in iou.values()} <= values
+
+
+def test_every_linked_file_exists_and_the_page_needs_no_network(scored_run: Path) -> None:
+    html = scored_run / "report.html"
+    page = Page(html)
+    assert page.images and not page.links  # no scripts, stylesheets or links to fetch
+    for src in page.images:
+        assert not Path(src).is_absolute() and "://" not in src, src
+        path = html.parent / src
+        if path.suffix == ".svg":
+            assert ElementTree.parse(path).getroot().tag == f"{SVG}svg"
+        else:
+            with Image.open(path) as image:
+                image.verify()
+    charts = {"training-train-cls.svg", "threshold-sweep.svg", "classes-cam.svg",
+              "classes-cam-sharp.svg", "classes-refine.svg"}
+    assert charts <= {Path(src).name for src in page.images}
+    linked = {(html.parent / src).resolve() for src in page.images}
+    assert stored(scored_run / "report") == linked  # nothing stray
+
+
+def _image_miou(run: Path, tiny_voc: Path, image_id: str) -> float:
+    gt = read_label_map(tiny_voc / "SegmentationClass" / f"{image_id}.png")
+    pred = read_label_map(run / "refine" / f"{image_id}.png")
+    return scores(confusion(gt, pred, 6)).miou
+
+
+def test_pictures_are_the_worst_the_median_and_the_best(scored_run: Path,
+                                                        tiny_voc: Path) -> None:
+    header, rows = Page(scored_run / "report.html").grid()
+    assert header == ["image", "photo", "cam", "cam-sharp", "refine", "ground truth"]
+    ranked = sorted((_image_miou(scored_run, tiny_voc, p.stem), p.stem)
+                    for p in (scored_run / "refine").glob("*.png"))
+    ids = [r[0].split()[0] for r in rows]
+    groups = [r[0].split()[1] for r in rows]
+    assert groups == ["worst"] * 3 + ["median"] * 3 + ["best"] * 3
+    assert ids[:3] == [i for _, i in ranked[:3]] and ids[-3:] == [i for _, i in ranked[-3:]]
+    assert ids[3:6] == [i for _, i in ranked[11:14]]
+    shown = [r[header.index("refine")] for r in rows]
+    assert shown == [f"{100 * s:.1f}" for s, i in ranked if i in ids]
+    assert all(len(r) == len(header) for r in rows)
+
+
+def test_without_ground_truth_the_report_has_pictures_but_no_scores(
+        trained_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    run = new_run(trained_run, tmp_path / "run")
+    ok(igcam("cam", "--run", run, "--images", tiny_voc / "JPEGImages", "--classes",
+             tiny_voc / "classes.txt", "--scales", "1.0", "--device", "cpu"))
+    ok(igcam("refine", "--run", run, "--no-crf"))
+    ok(igcam("report", "--run", run, "--rows", "4"))
+    page = Page(run / "report.html")
+    assert "No ground truth was found" in "".join(page.text)
+    header, rows = page.grid()
+    assert header == ["image", "photo", "cam", "refine"] and len(rows) == 4
+    assert not any("worst" in r[0] or "best" in r[0] for r in rows)
+    assert all(all(cell == "" for cell in r[1:]) for r in rows)  # pictures, no numbers
+    assert all((run / src).is_file() for src in page.images)
+    assert not list((run / "report").glob("classes-*.svg"))
+    assert page.row("cam", METHODS)[3] == "–" and page.row("cam", METHODS)[-1] == "not evaluated"
+
+
+def test_a_run_with_only_a_classifier_reports_its_training(trained_run: Path,
+                                                           tmp_path: Path) -> None:
+    run = new_run(trained_run, tmp_path / "run")
+    manifest = run / "train-cls" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    recorded["warnings"] = ["demo_0007.jpg: unreadable <image>"]
+    recorded["counts"]["failed"] = 1
+    manifest.write_text(json.dumps(recorded))
+    ok(igcam("report", "--run", run, "--out", tmp_path / "elsewhere" / "page.html"))
+    html = tmp_path / "elsewhere" / "page.html"
+    page = Page(html)
+    assert page.images == ["page/training-train-cls.svg"]
+    assert (tmp_path / "elsewhere" / "page" / "training-train-cls.svg").is_file()
+    assert page.row("epochs", 2)[1] == "2"
+    step = page.row("train-cls", STEPS)
+    assert step[1] == "train-cls" and step[5] == "1" and step[6].startswith("1 warning ")
+    assert "unreadable &lt;image&gt;" in html.read_text()  # shown as text, escaped
+    assert "No CAM files yet" in "".join(page.text)
+    assert not (run / "report.html").exists()  # only where --out says
+
+
+def test_a_rerun_removes_stale_pictures_and_a_failed_one_keeps_the_old_page(
+        scored_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(scored_run, run)
+    page = write_report(run, run / "report.html", rows=3)
+    assert len(Page(page).grid()[1]) == 3
+    linked = {(run / src).resolve() for src in Page(page).images}
+    assert stored(run / "report") == linked
+    before = page.read_bytes()
+
+    def crash(*args: object) -> None:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(report_module, "picture_grid", crash)
+    with pytest.raises(RuntimeError):
+        write_report(run, page, rows=9)
+    assert page.read_bytes() == before
+    assert all(p.is_file() for p in linked)
+    assert not [p for p in [*run.iterdir(), *(run / "report").iterdir()]
+                if p.name.startswith(TMP_PREFIX)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--run", "{tmp}/absent"), "run directory"),
+    (("--run", "{tmp}/empty"), "holds no step folders"),
+    (("--run", "{tmp}/empty-but", "--out", "{tmp}/page.txt"), "--out must name an .html"),
+    (("--run", "{tmp}/empty-but", "--out", "{tmp}/photos.html"), "holds files of its own"),
+])
+def test_mistakes_are_one_line_errors(args: tuple[str, ...], message: str,
+                                      tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty-but" / "cam").mkdir(parents=True)
+    (tmp_path / "photos").mkdir()  # someone's folder where the page's would go
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"not the report's")
+    result = igcam("report", *(a.format(tmp=tmp_path) for a in args))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "photos" / "holiday.jpg").is_file()
+
+
+def test_the_page_shows_every_picture_in_chromium(scored_run: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("report_screenshot", SCREENSHOT)
+    screenshot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screenshot)
+    if screenshot.browser() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    shot = tmp_path / "shot.png"
+    result = subprocess.run([sys.executable, str(SCREENSHOT),
+                             str(scored_run / "report.html"), str(shot)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    images = len(Page(scored_run / "report.html").images)
+    assert f"{images} pictures shown" in result.stdout
+    with Image.open(shot) as image:
+        assert image.width == 1280 and image.height > 1500  # the whole page, not a window
+    broken = tmp_path / "broken"  # and the check does fail when a picture is missing
+    shutil.copytree(scored_run, broken, ignore=shutil.ignore_patterns("*.npz"))
+    (broken / "report" / "threshold-sweep.svg").unlink()
+    result = subprocess.run([sys.executable, str(SCREENSHOT),
+                             str(broken / "report.html"), str(shot)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "report/threshold-sweep.svg" in result.stderr
