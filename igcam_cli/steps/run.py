@@ -21,8 +21,8 @@ from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 from igcam_cli.steps.refine import DEFAULT_METHOD, DEFAULT_THRESHOLD, RefineConfig, refine
-from igcam_cli.steps.train_aff import AffinityConfig, train_aff
 from igcam_cli.steps.report import ReportConfig, report
+from igcam_cli.steps.train_aff import AffinityConfig, train_aff
 from igcam_cli.steps.train_cls import TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
