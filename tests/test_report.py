@@ -228,6 +228,23 @@ def test_a_moved_run_still_finds_the_nested_folder_an_eval_scored(
     assert (moved / "report" / "classes-extra_scores.svg").is_file()
 
 
+def test_a_folder_scored_twice_shows_its_fullest_evaluation_and_lists_the_other(
+        scored_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(scored_run, run)
+    split = tmp_path / "five.txt"
+    split.write_text("".join(f"demo_{i:04d}\n" for i in range(5)))
+    ok(igcam("eval", "--pred", run / "refine", "--gt", tiny_voc / "SegmentationClass",
+             "--classes", tiny_voc / "classes.txt", "--split", split,
+             "--out", run / "eval" / "subset.json"))  # the later one, on fewer images
+    write_report(run, run / "report.html", rows=3)
+    row = Page(run / "report.html").row("refine", METHODS)
+    assert row[5] == f"{100 * evaluated(run, 'mask')['miou']:.1f}" and row[6] == "24"
+    subset = evaluated(run, "subset")
+    assert row[8] == (f"eval/mask.json also eval/subset.json: mIoU "
+                      f"{100 * subset['miou']:.1f} on 5 images")
+
+
 def test_a_run_with_only_a_classifier_reports_its_training(trained_run: Path,
                                                            tmp_path: Path) -> None:
     run = new_run(trained_run, tmp_path / "run")
