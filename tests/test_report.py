@@ -41,7 +41,7 @@ class Page(HTMLParser):
         self.rows: list[list[str]] = []
         self.links: list[str] = []
         self.text: list[str] = []
-        self._cells: list[str] | None = None
+        self._in_cell = False
         self.feed(path.read_text())
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -54,10 +54,15 @@ class Page(HTMLParser):
             self.rows.append([])
         elif tag in ("td", "th") and self.rows:
             self.rows[-1].append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self._in_cell = False
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
-        if self.rows and self.rows[-1]:
+        if self._in_cell:
             self.rows[-1][-1] = f"{self.rows[-1][-1]} {data.strip()}".strip()
 
     def row(self, first: str, width: int) -> list[str]:
@@ -208,9 +213,44 @@ def test_without_ground_truth_the_report_has_pictures_but_no_scores(
     assert page.row("cam", METHODS)[3] == "–" and page.row("cam", METHODS)[-1] == "not evaluated"
 
 
+def test_a_moved_run_still_finds_the_nested_folder_an_eval_scored(
+        scored_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    run = tmp_path / "before"
+    shutil.copytree(scored_run, run)
+    shutil.copytree(run / "cam", run / "extra" / "scores")
+    ok(igcam("eval", "--cams", "before/extra/scores", "--voc", tiny_voc,
+             "--out", "before/eval/nested.json", cwd=tmp_path))  # paths relative to tmp_path
+    moved = tmp_path / "after"
+    run.rename(moved)
+    write_report(moved, moved / "report.html", rows=3)
+    row = Page(moved / "report.html").row("extra/scores", METHODS)
+    assert row[3] == f"{100 * evaluated(moved, 'nested')['miou']:.1f}" and row[2] == "24"
+    assert (moved / "report" / "classes-extra_scores.svg").is_file()
+
+
+def test_a_folder_scored_twice_shows_its_fullest_evaluation_and_lists_the_other(
+        scored_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(scored_run, run)
+    split = tmp_path / "five.txt"
+    split.write_text("".join(f"demo_{i:04d}\n" for i in range(5)))
+    ok(igcam("eval", "--pred", run / "refine", "--gt", tiny_voc / "SegmentationClass",
+             "--classes", tiny_voc / "classes.txt", "--split", split,
+             "--out", run / "eval" / "subset.json"))  # the later one, on fewer images
+    write_report(run, run / "report.html", rows=3)
+    row = Page(run / "report.html").row("refine", METHODS)
+    assert row[5] == f"{100 * evaluated(run, 'mask')['miou']:.1f}" and row[6] == "24"
+    subset = evaluated(run, "subset")
+    assert row[8] == (f"eval/mask.json also eval/subset.json: mIoU "
+                      f"{100 * subset['miou']:.1f} on 5 images")
+
+
 def test_a_run_with_only_a_classifier_reports_its_training(trained_run: Path,
                                                            tmp_path: Path) -> None:
     run = new_run(trained_run, tmp_path / "run")
+    (run / "train-aff").mkdir()  # a stage still training: epochs so far, no manifest, no mAP
+    (run / "train-aff" / "metrics.json").write_text(json.dumps(
+        [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]))
     manifest = run / "train-cls" / "manifest.json"
     recorded = json.loads(manifest.read_text())
     recorded["warnings"] = ["demo_0007.jpg: unreadable <image>"]
@@ -219,8 +259,13 @@ def test_a_run_with_only_a_classifier_reports_its_training(trained_run: Path,
     ok(igcam("report", "--run", run, "--out", tmp_path / "elsewhere" / "page.html"))
     html = tmp_path / "elsewhere" / "page.html"
     page = Page(html)
-    assert page.images == ["page/training-train-cls.svg"]
-    assert (tmp_path / "elsewhere" / "page" / "training-train-cls.svg").is_file()
+    assert page.images == ["page/training-train-cls.svg", "page/training-train-aff.svg"]
+    assert all((html.parent / src).is_file() for src in page.images)
+    assert "Training: train-aff (running or stopped)" in "".join(page.text)
+    assert ["last epoch", "2: loss 0.2500"] in page.rows  # the stage that records no mAP
+    curve = html.parent / "page" / "training-train-aff.svg"
+    titles = {t.text for t in ElementTree.parse(curve).iter(f"{SVG}text")}
+    assert "training loss" in titles and "training mAP" not in titles
     assert page.row("epochs", 2)[1] == "2"
     step = page.row("train-cls", STEPS)
     assert step[1] == "train-cls" and step[5] == "1" and step[6].startswith("1 warning ")

@@ -121,7 +121,8 @@ def _method_row(method: Method) -> dict[str, Any]:
             "threshold": method.threshold,
             "mask": report.get("miou") if method.kind == "masks" else None,
             "images": report.get("images"), "failed": report.get("missing_or_failed"),
-            "eval_file": method.eval_file, "per_image_s": method.seconds_per_image}
+            "eval_file": method.eval_file, "per_image_s": method.seconds_per_image,
+            "others": method.other_evaluations}
 
 
 def write_report(root: Path, page: Path, rows: int) -> Path:

@@ -58,6 +58,7 @@ class Method:
     seconds_per_image: float | None = None
     evaluation: dict[str, Any] | None = None  # the ``report`` of its eval JSON
     eval_file: str | None = None
+    other_evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file: report
 
     @property
     def slug(self) -> str:
@@ -236,11 +237,17 @@ def _training(folder: Path, manifests: list[dict[str, Any]], problems: list[str]
 
 
 def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> None:
-    """Attach every ``eval/*.json`` to the folder it scored (the latest one wins)."""
+    """Attach every ``eval/*.json`` to the folder it scored. A folder scored more than once
+    (on a subset of the images, say) shows the evaluation of the most images, the latest of
+    those, and lists the others beside it."""
     folder = RunDir(root).step("eval")
     found = [(p, m) for p in sorted(folder.glob("*.json"))
              if (m := _load(p, facts.problems)) is not None and isinstance(m.get("report"), dict)]
-    for path, manifest in sorted(found, key=lambda item: str(item[1].get("created", ""))):
+    def fullness(item: tuple[Path, dict[str, Any]]) -> tuple[int, str]:
+        images = item[1]["report"].get("images")
+        return images if isinstance(images, int) else 0, str(item[1].get("created", ""))
+
+    for path, manifest in sorted(found, key=fullness):
         report, config = manifest["report"], manifest.get("config") or {}
         origin = _origin(path, config.get("out"))
         scored = config.get("cams") if report.get("kind") == "cams" else config.get("pred")
@@ -255,6 +262,8 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
         kind = "cams" if report.get("kind") == "cams" else "masks"
         method = methods.setdefault(target.resolve(), Method(
             _name(target, root), kind, target, _files(target, kind) if target.is_dir() else 0))
+        if method.evaluation is not None:
+            method.other_evaluations[method.eval_file] = method.evaluation
         method.evaluation, method.eval_file = report, path.name
         gt = (manifest.get("inputs") or {}).get("gt")
         if isinstance(gt, str) and _resolve(gt, origin).is_dir():
