@@ -112,7 +112,8 @@ def scored_run(trained_run: Path, tiny_voc: Path, tmp_path_factory: pytest.TempP
         ok(igcam("eval", "--cams", run / folder, "--voc", tiny_voc,
                  "--out", run / "eval" / f"{name}.json"))
     threshold = evaluated(run, "seed")["threshold"]
-    ok(igcam("refine", "--run", run, "--no-crf", "--threshold", threshold))
+    ok(igcam("refine", "--run", run, "--method", "none", "--out", run / "refine",
+             "--threshold", threshold))
     ok(igcam("eval", "--pred", run / "refine", "--voc", tiny_voc, "--out",
              run / "eval" / "mask.json"))
     assert "report: " in ok(igcam("report", "--run", run)).stderr
@@ -200,7 +201,7 @@ def test_without_ground_truth_the_report_has_pictures_but_no_scores(
     run = new_run(trained_run, tmp_path / "run")
     ok(igcam("cam", "--run", run, "--images", tiny_voc / "JPEGImages", "--classes",
              tiny_voc / "classes.txt", "--scales", "1.0", "--device", "cpu"))
-    ok(igcam("refine", "--run", run, "--no-crf"))
+    ok(igcam("refine", "--run", run, "--method", "none", "--out", run / "refine"))
     ok(igcam("report", "--run", run, "--rows", "4"))
     page = Page(run / "report.html")
     assert "No ground truth was found" in "".join(page.text)
