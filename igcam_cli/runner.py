@@ -21,7 +21,15 @@ from rich.progress import (
 )
 
 from igcam_cli import options
-from igcam_cli.artifacts import RunDir, Shard, StepRecord, ensure_dir, jsonable, remove_stale_temps
+from igcam_cli.artifacts import (
+    RunDir,
+    Shard,
+    StepRecord,
+    ensure_dir,
+    jsonable,
+    read_manifest,
+    remove_stale_temps,
+)
 from igcam_cli.datasets import DatasetSpec, Sample
 from igcam_cli.errors import IgcamError, ImageProblem, console
 from igcam_cli.images import read_image
@@ -178,6 +186,21 @@ def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> 
     recipe = {k: v for k, v in record.config.items() if k not in NO_OUTPUT_EFFECT | also_exempt}
     recipe.update({k: v for k, v in record.inputs.items() if k.endswith("sha256")})
     return recipe
+
+
+def trained_already(name: str, final: Path, record: StepRecord) -> bool:
+    """Whether a training step's ``final`` file exists, made with ``record``'s recipe; made
+    with another, the step refuses rather than skip to a network that the options do not
+    describe."""
+    if not final.exists():
+        return False
+    made = (read_manifest(final.parent) or {}).get("recipe")
+    differs = recipe_differences(record.extra["recipe"], made) if made is not None else []
+    if differs:
+        raise IgcamError(f"{final} was trained with another {', '.join(differs)}: use "
+                         "another --run, or delete that folder to retrain")
+    console.print(f"{name}: {final} exists, skipping (delete it to retrain)")
+    return True
 
 
 def recipe_differences(recipe: dict[str, Any], other: dict[str, Any]) -> list[str]:

@@ -43,7 +43,6 @@ from igcam_cli.artifacts import (
     fingerprint,
     jsonable,
     read_cam,
-    read_manifest,
     read_torch,
     remove_stale_temps,
     sha256_file,
@@ -60,12 +59,12 @@ from igcam_cli.refiners.crf import CrfOptions, crf_labels, import_crf
 from igcam_cli.runner import (
     console,
     progress_bar,
-    recipe_differences,
     recipe_of,
     resolve_device,
     run_per_image,
     summarise_warnings,
     track,
+    trained_already,
 )
 from igcam_cli.transforms import to_tensor
 
@@ -191,12 +190,7 @@ def train_aff(config: AffinityConfig) -> Path:
                      "images_fingerprint": fingerprint(p.stem for p in files),
                      "checkpoint_sha256": sha256_file(checkpoint)}
     record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
-    if final.exists():
-        made = (read_manifest(out) or {}).get("recipe")
-        differs = recipe_differences(record.extra["recipe"], made) if made is not None else []
-        if differs:
-            raise IgcamError(f"{final} was trained with another {', '.join(differs)}: delete "
-                             "that folder to retrain")
+    if trained_already("train-aff", final, record):
         return final
     _check_cam_classes(files, len(payload["class_names"]), cams)
     import_crf()

@@ -35,7 +35,6 @@ from igcam_cli.artifacts import (
     ensure_dir,
     fingerprint,
     jsonable,
-    read_manifest,
     read_torch,
     remove_stale_temps,
     sha256_file,
@@ -54,11 +53,11 @@ from igcam_cli.runner import (
     console,
     progress_bar,
     readable,
-    recipe_differences,
     recipe_of,
     record_problems,
     resolve_device,
     summarise_warnings,
+    trained_already,
 )
 from igcam_cli.training import stage_class
 from igcam_cli.transforms import to_tensor, train_augment
@@ -190,13 +189,7 @@ def train_cls(config: TrainConfig) -> Path:
     record = StepRecord("train-cls", jsonable(asdict(replace(
         config, stage_options={config.stage: stage.options}))))
     record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
-    if final.exists():
-        made = (read_manifest(out) or {}).get("recipe")
-        differs = recipe_differences(record.extra["recipe"], made) if made is not None else []
-        if differs:
-            raise IgcamError(f"{final} was trained with another {', '.join(differs)}: use "
-                             "another --run, or delete that folder to retrain")
-        console.print(f"train-cls: {final} exists, skipping (delete it to retrain)")
+    if trained_already("train-cls", final, record):
         return final
     dataset = load_dataset(config.dataset, strict=config.strict)
     record_problems(record, dataset.problems)
