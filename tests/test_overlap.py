@@ -1,0 +1,250 @@
+"""The per-image runner: loads ahead and writes behind the main thread, with the serial path's
+results, resume, shards, per-image failures and a clean stop."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from igcam_cli.artifacts import TMP_PREFIX, StepRecord, read_cam, read_npz, write_npz
+from igcam_cli.datasets import Sample, load_dataset
+from igcam_cli.errors import ImageProblem
+from igcam_cli.images import read_image
+from igcam_cli.methods.multiscale import multiscale_cam
+from igcam_cli.models import load_classifier
+from igcam_cli.runner import ImageWork, read_sample, run_per_image
+from igcam_cli.steps.cam import CamConfig, cam
+from igcam_cli.transforms import normalise, to_tensor
+
+
+def _images(folder: Path, n: int, broken: set[int] = frozenset()) -> list[Sample]:
+    """``n`` small JPEGs (those in ``broken`` are not images at all)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        path = folder / f"im{i:02d}.jpg"
+        if i in broken:
+            path.write_bytes(b"not a jpeg")
+        else:
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(f"im{i:02d}", path))
+    return samples
+
+
+def _mean_colour(sample: Sample, image: np.ndarray) -> np.ndarray:
+    return image.mean(axis=(0, 1)).astype(np.float32)
+
+
+def _save(sample: Sample, result: np.ndarray, out: Path) -> None:
+    write_npz(out / f"{sample.id}.npz", colour=result)
+
+
+def _work(out: Path, **parts: object) -> ImageWork:
+    return ImageWork(**{"load": read_sample, "compute": _mean_colour,
+                        "write": functools.partial(_save, out=out), **parts})
+
+
+def _run(samples: list[Sample], work: ImageWork, out: Path, *, io_workers: int = 2,
+         strict: bool = False, overwrite: bool = False) -> StepRecord:
+    record = StepRecord("test", {})
+    run_per_image(samples, work, lambda s: out / f"{s.id}.npz", record, overwrite=overwrite,
+                  strict=strict, workers=1, io_workers=io_workers, description="test")
+    return record
+
+
+def _no_leftovers(out: Path, baseline_threads: int) -> None:
+    """No temporary files, every file whole, and no runner thread left running."""
+    assert not list(out.glob(TMP_PREFIX + "*"))
+    for path in out.glob("*.npz"):
+        read_npz(path)
+    assert threading.active_count() == baseline_threads
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("igcam-")]
+
+
+@pytest.mark.parametrize("io_workers", [1, 2, 3])
+def test_overlapped_writes_what_the_serial_path_writes(tmp_path: Path, io_workers: int) -> None:
+    samples = _images(tmp_path / "images", 9, broken={4})
+    serial, overlapped = tmp_path / "serial", tmp_path / "overlapped"
+    serial.mkdir()
+    overlapped.mkdir()
+    a = _run(samples, _work(serial), serial, io_workers=0)
+    b = _run(samples, _work(overlapped), overlapped, io_workers=io_workers)
+    assert a.counts == b.counts == {"skipped_done": 0, "processed": 8, "failed": 1}
+    assert a.warnings == b.warnings and "im04.jpg" in b.warnings[0]
+    assert sorted(p.name for p in overlapped.glob("*.npz")) == \
+        sorted(p.name for p in serial.glob("*.npz"))
+    for path in serial.glob("*.npz"):
+        assert np.array_equal(read_npz(path)["colour"], read_npz(overlapped / path.name)["colour"])
+
+
+def test_warnings_keep_image_order_whatever_finishes_first(tmp_path: Path) -> None:
+    """A slow write of an early image does not let later failures be counted before it."""
+    samples = _images(tmp_path / "images", 6, broken={3, 5})
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def slow_then_fail(sample: Sample, result: np.ndarray) -> None:
+        if sample.id == "im00":
+            time.sleep(0.3)
+            raise OSError(28, "No space left on device")
+        _save(sample, result, out)
+
+    record = _run(samples, _work(out, write=slow_then_fail), out)
+    assert [w.split(":")[0].rsplit("/", 1)[-1] for w in record.warnings] == \
+        ["im00.jpg", "im03.jpg", "im05.jpg"]
+
+
+def test_a_decode_failure_is_that_image_s_warning(tmp_path: Path) -> None:
+    samples = _images(tmp_path / "images", 5, broken={2})
+    out = tmp_path / "out"
+    out.mkdir()
+    record = _run(samples, _work(out), out)
+    assert record.counts["failed"] == 1 and record.counts["processed"] == 4
+    assert "unreadable or corrupt image" in record.warnings[0]
+    assert sorted(p.stem for p in out.glob("*.npz")) == ["im00", "im01", "im03", "im04"]
+    with pytest.raises(ImageProblem, match="im02.jpg"):
+        _run(samples, _work(out), out, strict=True, overwrite=True)
+
+
+def test_a_writer_failure_is_reported_not_swallowed(tmp_path: Path) -> None:
+    samples = _images(tmp_path / "images", 5)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def full_disk_on_im01(sample: Sample, result: np.ndarray) -> None:
+        if sample.id == "im01":
+            raise OSError(28, "No space left on device")
+        _save(sample, result, out)
+
+    record = _run(samples, _work(out, write=full_disk_on_im01), out)
+    assert record.counts == {"skipped_done": 0, "processed": 4, "failed": 1}
+    assert record.warnings == [f"{samples[1].image}: output not written "
+                               "(No space left on device)"]
+    with pytest.raises(ImageProblem, match="No space left"):
+        _run(samples, _work(out, write=full_disk_on_im01), out, strict=True, overwrite=True)
+
+    def bug(sample: Sample, result: np.ndarray) -> None:
+        raise ValueError("a bug in the writer")
+
+    baseline = threading.active_count()
+    with pytest.raises(ValueError, match="a bug in the writer"):
+        _run(samples, _work(out, write=bug), out, overwrite=True)
+    _no_leftovers(out, baseline)
+
+
+def test_resume_skips_finished_outputs_without_loading_them(tmp_path: Path) -> None:
+    samples = _images(tmp_path / "images", 6)
+    out = tmp_path / "out"
+    out.mkdir()
+    _run(samples[:4], _work(out), out)
+    loaded: list[str] = []
+
+    def load(sample: Sample) -> np.ndarray:
+        loaded.append(sample.id)
+        return read_sample(sample)
+
+    record = _run(samples, _work(out, load=load), out)
+    assert record.counts == {"skipped_done": 4, "processed": 2}
+    assert sorted(loaded) == ["im04", "im05"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("compute broke"), KeyboardInterrupt()])
+def test_a_stop_in_compute_leaves_whole_files_and_no_threads(tmp_path: Path,
+                                                             error: BaseException) -> None:
+    samples = _images(tmp_path / "images", 12)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def slow_write(sample: Sample, result: np.ndarray) -> None:
+        time.sleep(0.05)  # writes still in flight when compute stops
+        _save(sample, result, out)
+
+    def compute(sample: Sample, image: np.ndarray) -> np.ndarray:
+        if sample.id == "im05":
+            raise error
+        return _mean_colour(sample, image)
+
+    baseline = threading.active_count()
+    with pytest.raises(type(error)):
+        _run(samples, _work(out, compute=compute, write=slow_write), out)
+    _no_leftovers(out, baseline)
+    assert {p.stem for p in out.glob("*.npz")} <= {f"im{i:02d}" for i in range(5)}
+
+
+def test_a_strict_failure_stops_the_threads_too(tmp_path: Path) -> None:
+    samples = _images(tmp_path / "images", 10, broken={3})
+    out = tmp_path / "out"
+    out.mkdir()
+    baseline = threading.active_count()
+    with pytest.raises(ImageProblem):
+        _run(samples, _work(out), out, strict=True)
+    _no_leftovers(out, baseline)
+
+
+def test_float16_on_the_device_rounds_as_numpy_does() -> None:
+    """cam converts its maps to float16 before copying them off the device; the files must
+    hold what numpy's conversion of the float32 maps gave."""
+    rng = np.random.default_rng(1)
+    values = np.concatenate([
+        rng.random(100_000, dtype=np.float32),
+        rng.random(10_000, dtype=np.float32) * 1e-4,  # float16 subnormals
+        np.float32([0, 1, 6.1035156e-05, 5.9604645e-08, 2.9802322e-08, 1 + 2 ** -11,
+                    1 + 3 * 2 ** -11, 65504, 65520, 1e-9])])  # ties, limits, underflow
+    with np.errstate(over="ignore"):  # 65520 rounds to infinity in both
+        expected = values.astype(np.float16)
+    assert np.array_equal(torch.from_numpy(values).to(torch.float16).numpy(), expected)
+
+
+def _cam_config(run: Path, data: Path, out: Path, **changes: object) -> CamConfig:
+    config = CamConfig(run=run, out=out, scales=(1.0, 0.5), device="cpu")
+    return replace(config, dataset=replace(config.dataset, voc=data), **changes)
+
+
+def test_cam_overlapped_files_equal_the_serial_files(trained_run: Path, tiny_voc: Path,
+                                                     tmp_path: Path) -> None:
+    serial = cam(_cam_config(trained_run, tiny_voc, tmp_path / "serial", io_workers=0))
+    overlapped = cam(_cam_config(trained_run, tiny_voc, tmp_path / "overlapped", io_workers=2))
+    files = sorted(p.name for p in serial.glob("*.npz"))
+    assert len(files) == 24 and files == sorted(p.name for p in overlapped.glob("*.npz"))
+    for name in files:
+        a, b = read_cam(serial / name), read_cam(overlapped / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), (name, key)
+
+
+def test_cam_files_hold_the_one_image_computation(trained_run: Path, tiny_voc: Path,
+                                                  tmp_path: Path) -> None:
+    """Bit for bit what the maps computed for one image, converted by numpy, give."""
+    config = _cam_config(trained_run, tiny_voc, tmp_path / "cam")
+    out = cam(config)
+    model, _ = load_classifier(trained_run / "train-cls" / "classifier.pt", torch.device("cpu"))
+    model = model.to(memory_format=torch.channels_last)
+    for sample in load_dataset(config.dataset).samples[:4]:
+        assert sample.labels
+        cams, probs = multiscale_cam(model, to_tensor(read_image(sample.image)), config.scales,
+                                     config.flip)
+        stored = read_cam(out / f"{sample.id}.npz")
+        assert np.array_equal(stored["classes"], np.array(sample.labels, dtype=np.int16))
+        assert np.array_equal(stored["cams"],
+                              normalise(cams[list(sample.labels)]).numpy().astype(np.float16))
+        assert np.array_equal(stored["scores"], probs.numpy())
+
+
+def test_cam_shard_writes_only_its_images(trained_run: Path, tiny_voc: Path,
+                                          tmp_path: Path) -> None:
+    config = _cam_config(trained_run, tiny_voc, tmp_path / "shard", shard="1/3")
+    every = [s.id for s in load_dataset(config.dataset).samples]
+    out = cam(config)
+    assert sorted(p.stem for p in out.glob("*.npz")) == sorted(every[1::3])
+    assert (out / "manifest.shard-1-of-3.json").is_file()
