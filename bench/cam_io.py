@@ -3,11 +3,12 @@
 On a GPU the forward pass is about a hundred times faster than on a CPU, and what is left of
 a CAM image is decoding the JPEG, resizing every class map to the image, float16, compression
 and fsync. This runs the real ``cam`` step (its code path, files and manifest) on the first N
-photos of a VOC root with the classifier's backbone replaced by a stand-in whose stride-16
+photos of a VOC root with the classifier's network replaced by a stand-in whose stride-16
 features come back at once (fixed random values of the right shape, 64 channels, so that the
 maps have structure to resize and compress), and reports images per second of the serial path
 (``--io-workers 0``) and of the overlapped runner, on one core (``taskset -c 0``) and two
-(``taskset -c 0,1``), each configuration in its own process, interleaved over the repeats.
+(``taskset -c 0,1``; torch's intra-op threads as many as the cores), each configuration in
+its own process, interleaved over the repeats.
 ``--profile`` adds where one image's time goes, serially on one core.
 
 Run from the repository root when the machine is otherwise idle (check ``uptime``):
@@ -213,7 +214,9 @@ def main() -> None:
         modes = {"serial": 0} | {f"overlapped, {n} io threads": int(n)
                                  for n in args.io_workers.split(",")}
         rates: dict[tuple[str, str], list[float]] = {}
-        print(f"load before: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+        # Under load, OpenMP threads that spin (the default) wait on a descheduled partner.
+        print(f"load before: {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY="
+              f"{os.environ.get('OMP_WAIT_POLICY', '(default)')}", file=sys.stderr)
         for repeat in range(args.repeats):
             for cores, cpus in CORES.items():
                 for mode, io_workers in modes.items():
