@@ -16,11 +16,13 @@ import torch
 from igcam_cli.artifacts import TMP_PREFIX, StepRecord, read_cam, read_npz, write_npz
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import ImageProblem
-from igcam_cli.images import read_image
+from igcam_cli.images import read_image, read_label_map
 from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import load_classifier
 from igcam_cli.runner import ImageWork, read_sample, run_per_image
 from igcam_cli.steps.cam import CamConfig, cam
+from igcam_cli.steps.propose import ProposeConfig, propose
+from igcam_cli.steps.refine import RefineConfig, refine
 from igcam_cli.transforms import normalise, to_tensor
 
 
@@ -248,3 +250,27 @@ def test_cam_shard_writes_only_its_images(trained_run: Path, tiny_voc: Path,
     out = cam(config)
     assert sorted(p.stem for p in out.glob("*.npz")) == sorted(every[1::3])
     assert (out / "manifest.shard-1-of-3.json").is_file()
+
+
+def test_worker_processes_write_what_the_threads_write(trained_run: Path, tiny_voc: Path,
+                                                       tmp_path: Path) -> None:
+    """``--workers 2`` ships the ImageWork's parts to spawned processes (propose, and refine
+    for the refiners that hold no network): the files are those of the threaded runner."""
+    cams = cam(_cam_config(trained_run, tiny_voc, tmp_path / "cam"))
+    written = {}
+    for workers in (1, 2):
+        masks = refine(RefineConfig(run=trained_run, cams=cams, method="none", workers=workers,
+                                    out=tmp_path / f"refine-{workers}", save_scores=True))
+        config = ProposeConfig(run=trained_run, mode="single", workers=workers,
+                               out=tmp_path / f"propose-{workers}")
+        boxes = propose(replace(config, dataset=replace(config.dataset, voc=tiny_voc)))
+        written[workers] = {path.relative_to(tmp_path).as_posix().split("/", 1)[1]: path
+                            for folder in (masks, boxes) for path in folder.rglob("*")
+                            if path.suffix in (".png", ".npz")}
+    assert len(written[1]) == 3 * 24 and written[1].keys() == written[2].keys()
+    for name, path in written[1].items():
+        if path.suffix == ".png":
+            assert np.array_equal(read_label_map(path), read_label_map(written[2][name]))
+        else:
+            a, b = read_npz(path), read_npz(written[2][name])
+            assert all(np.array_equal(a[key], b[key]) for key in a), name
