@@ -121,9 +121,13 @@ def prepare(data: Path, count: int, work: Path) -> Path:
     return root
 
 
+def set_threads(count: int) -> None:
+    """torch's intra-op threads: ``count``, or 0 for as many as the cores this process has."""
+    torch.set_num_threads(count or len(os.sched_getaffinity(0)))
+
+
 def child(root: Path, out: Path, io_workers: int) -> dict[str, float]:
     """One ``cam`` run in this process; the seconds of its per-image loop."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
     out.parent.mkdir(parents=True)
     checkpoint = out.parent / "stand-in.pt"
     checkpoint.write_bytes(b"stand-in")  # hashed into the manifest, never loaded
@@ -148,7 +152,6 @@ def child(root: Path, out: Path, io_workers: int) -> dict[str, float]:
 
 def profile(root: Path, work: Path) -> dict[str, float]:
     """Median milliseconds per image of each part of a CAM file, serially on this core."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
     dataset = load_dataset(DatasetSpec(voc=root))
     model = stand_in_classifier(dataset.class_names).to(memory_format=torch.channels_last)
     scales = cam_step.DEFAULT_SCALES
@@ -212,12 +215,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--io-workers", default="2",
                         help="comma list: the overlapped runner's thread counts to measure")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch's intra-op threads (default 0: as many as the cores)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("ROOT", "OUT", "IO_WORKERS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--profile-child", nargs=2, metavar=("ROOT", "WORK"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    set_threads(args.torch_threads)
     if args.child:
         print(json.dumps(child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))))
         return
@@ -232,12 +238,14 @@ def main() -> None:
         rates: dict[tuple[str, str], list[float]] = {}
         # Under load, OpenMP threads that spin (the default) wait on a descheduled partner.
         print(f"load before: {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY="
-              f"{os.environ.get('OMP_WAIT_POLICY', '(default)')}", file=sys.stderr)
+              f"{os.environ.get('OMP_WAIT_POLICY', '(default)')}, torch threads "
+              f"{args.torch_threads or 'as many as the cores'}", file=sys.stderr)
         for repeat in range(args.repeats):
             for cores, cpus in CORES.items():
                 for mode, io_workers in modes.items():
                     out = work / f"r{repeat}-{cpus}-{io_workers}" / "cam"
-                    result = run_child(cpus, ["--child", str(root), str(out), str(io_workers)])
+                    result = run_child(cpus, ["--child", str(root), str(out), str(io_workers),
+                                               "--torch-threads", str(args.torch_threads)])
                     rate = result["images"] / result["seconds"]
                     rates.setdefault((mode, cores), []).append(rate)
                     print(f"{mode}, {cores}: {rate:.2f} images/s", file=sys.stderr)
