@@ -312,4 +312,5 @@ def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path:
     rerun = igcam(*args)
     assert rerun.returncode == 0, rerun.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"skipped_done": len(done), "processed": 40 - len(done)}
+    assert manifest["counts"] == {"skipped_done": len(done), "processed": 40 - len(done),
+                                  "failed": 0}
