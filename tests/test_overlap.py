@@ -317,3 +317,40 @@ def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"skipped_done": len(done), "processed": 40 - len(done),
                                   "failed": 0}
+
+
+@pytest.mark.parametrize("io_workers", [1, 2])
+def test_images_in_memory_stay_bounded(tmp_path: Path, io_workers: int) -> None:
+    """However many images: at most 2N decoded ahead of compute, 2N results behind it (plus
+    the one in hand), with slow writes holding results back."""
+    samples = _images(tmp_path / "images", 30)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = threading.Lock()
+    counts = {"loaded": 0, "computed": 0, "written": 0}
+    most = {"ahead": 0, "behind": 0}
+
+    def bump(key: str) -> None:
+        with lock:
+            counts[key] += 1
+            most["ahead"] = max(most["ahead"], counts["loaded"] - counts["computed"])
+            most["behind"] = max(most["behind"], counts["computed"] - counts["written"])
+
+    def load(sample: Sample) -> np.ndarray:
+        bump("loaded")
+        return read_sample(sample)
+
+    def compute(sample: Sample, image: np.ndarray) -> np.ndarray:
+        bump("computed")
+        return _mean_colour(sample, image)
+
+    def write(sample: Sample, result: np.ndarray) -> None:
+        time.sleep(0.01)
+        _save(sample, result, out)
+        bump("written")
+
+    record = _run(samples, _work(out, load=load, compute=compute, write=write), out,
+                  io_workers=io_workers)
+    assert record.counts["processed"] == 30
+    assert 1 <= most["ahead"] <= 2 * io_workers + 1
+    assert 1 <= most["behind"] <= 2 * io_workers + 1
