@@ -130,7 +130,7 @@ def child(root: Path, out: Path, io_workers: int) -> dict[str, float]:
     """One ``cam`` run in this process; the seconds of its per-image loop."""
     out.parent.mkdir(parents=True)
     checkpoint = out.parent / "stand-in.pt"
-    checkpoint.write_bytes(b"stand-in")  # hashed into the manifest, never loaded
+    write_bytes(checkpoint, b"stand-in")  # hashed into the manifest, never loaded
     config = cam_step.CamConfig(run=out.parent, out=out, device="cpu", io_workers=io_workers,
                                 dataset=DatasetSpec(voc=root), checkpoint=checkpoint)
     class_names = load_dataset(config.dataset).class_names
