@@ -14,6 +14,7 @@ from pycocotools import mask as coco_mask
 from igcam_cli.datasets import VOC_CLASSES, DatasetSpec, class_names, dataset_format, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_label_map, save_label_map
+from igcam_cli.runner import recipe_differences
 from tests.conftest import igcam
 
 SIDE = 64
@@ -268,3 +269,13 @@ def test_options_that_do_not_fit_are_errors(coco: Path, tmp_path: Path, spec: di
               for k, v in values.items()}
     with pytest.raises(IgcamError, match=message):
         load_dataset(DatasetSpec(**values))
+
+
+def test_folders_made_before_the_coco_options_keep_their_recipe(tiny_voc: Path) -> None:
+    """A manifest's recipe without the COCO keys matches a config that gives none of them."""
+    now = {"epochs": 2, "dataset": DatasetSpec(voc=tiny_voc).describe()}
+    before = {"epochs": 2, "dataset": {k: v for k, v in now["dataset"].items()
+                                       if not k.startswith("coco")}}
+    assert recipe_differences(now, before) == []
+    other = {**now, "dataset": {**now["dataset"], "coco_classes": "voc", "split": "val"}}
+    assert recipe_differences(other, before) == ["dataset.coco_classes", "dataset.split"]

@@ -77,14 +77,16 @@ class DatasetSpec:
         None, "Image folder of --coco. Default: the folder named after the annotation file "
               "(annotations/instances_train2014.json -> train2014/ beside annotations/, or "
               "beside the file).")
-    coco_classes: str = option(
-        "coco", "Classes of --coco: 'coco', the JSON's categories in category-id order with "
-                "their names (80 for COCO), or 'voc', the 20 PASCAL VOC classes (airplane -> "
-                "aeroplane, motorcycle -> motorbike, couch -> sofa, potted plant -> "
-                "pottedplant, dining table -> diningtable, tv -> tvmonitor, and bicycle, bird, "
-                "boat, bottle, bus, car, cat, chair, cow, dog, horse, person, sheep, train "
-                "as named). With 'voc', annotations of other categories are dropped: they give "
-                "no label, and their pixels are background (0), as VOC's own masks have it.",
+    # None means coco: manifests written before the COCO format have no such key, and read
+    # as None, so their folders stay valid (runner.recipe_differences).
+    coco_classes: str | None = option(
+        None, "Classes of --coco: 'coco' (the default), the JSON's categories in category-id "
+              "order with their names (80 for COCO), or 'voc', the 20 PASCAL VOC classes "
+              "(airplane -> aeroplane, motorcycle -> motorbike, couch -> sofa, potted plant -> "
+              "pottedplant, dining table -> diningtable, tv -> tvmonitor, and bicycle, bird, "
+              "boat, bottle, bus, car, cat, chair, cow, dog, horse, person, sheep, train as "
+              "named). With 'voc', annotations of other categories are dropped: they give no "
+              "label, and their pixels are background (0), as VOC's own masks have it.",
         choices=("coco", "voc"))
     classes: Path | None = option(
         None, "Class list file, one foreground class per line. Default: ROOT/classes.txt if "

@@ -130,10 +130,10 @@ def read_index(path: Path) -> CocoIndex:
     return _read_index(path.resolve(), (stat.st_mtime_ns, stat.st_size))
 
 
-def category_names(index: CocoIndex, classes: str) -> dict[int, str]:
-    """Category id -> the class name it counts as: its own name (``coco``), its VOC name
-    (``voc``; categories outside VOC's 20 are left out)."""
-    if classes == "coco":
+def category_names(index: CocoIndex, classes: str | None) -> dict[int, str]:
+    """Category id -> the class name it counts as: its own name (``coco``, the default None),
+    its VOC name (``voc``; categories outside VOC's 20 are left out)."""
+    if classes != "voc":
         return dict(index.categories)
     voc = set(VOC_CLASSES)
     renamed = {cid: VOC_NAMES.get(name, name) for cid, name in index.categories}
@@ -151,7 +151,7 @@ def category_classes(index: CocoIndex, spec: DatasetSpec,
         absent = [name for name in class_names if name.lower() not in known]
         if absent:
             raise IgcamError(f"class list {spec.classes}: {absent[0]!r} is no category of "
-                             f"{spec.coco} (with --coco-classes {spec.coco_classes})")
+                             f"{spec.coco} (with --coco-classes {spec.coco_classes or 'coco'})")
     return {cid: lookup[name.lower()] for cid, name in named.items() if name.lower() in lookup}
 
 
