@@ -203,9 +203,19 @@ def trained_already(name: str, final: Path, record: StepRecord) -> bool:
     return True
 
 
-def recipe_differences(recipe: dict[str, Any], other: dict[str, Any]) -> list[str]:
-    """The keys on which two recipes disagree."""
-    return sorted(key for key in recipe.keys() | other.keys() if other.get(key) != recipe.get(key))
+def recipe_differences(recipe: dict[str, Any], other: dict[str, Any],
+                       prefix: str = "") -> list[str]:
+    """The keys on which two recipes disagree (``dataset.split`` inside a nested one). A key
+    one recipe lacks counts as None there: an option added since a manifest was written
+    (``dataset.coco``) leaves the folders made without it valid while it is not given."""
+    differs = []
+    for key in recipe.keys() | other.keys():
+        mine, theirs = recipe.get(key), other.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            differs += recipe_differences(mine, theirs, f"{prefix}{key}.")
+        elif mine != theirs:
+            differs.append(prefix + key)
+    return sorted(differs)
 
 
 class ImageStep:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from igcam_cli.artifacts import RunDir
-from igcam_cli.datasets import DatasetSpec, dataset_format
+from igcam_cli.datasets import DatasetSpec, GroundTruth, MaskFolder, dataset_format
 from igcam_cli.errors import IgcamError
 
 METRICS_FILE = "metrics.json"  # RUN/train-cls*/: one record per epoch
@@ -78,7 +78,7 @@ class RunFacts:
     steps: list[Step] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     methods: list[Method] = field(default_factory=list)
-    gt: Path | None = None
+    gt: GroundTruth | None = None
     problems: list[str] = field(default_factory=list)  # files the report could not read
 
     @property
@@ -164,18 +164,18 @@ def _kind(folder: Path) -> str | None:
     return None
 
 
-def _ground_truth(dataset: dict[str, Any], origin: Path) -> Path | None:
-    """The dataset's ground-truth folder, when its format has one (VOC's masks)."""
-    paths = {k: _resolve(v, origin) for k, v in dataset.items()
-             if k in ("voc", "images", "labels", "classes") and isinstance(v, str)}
+def _ground_truth(dataset: Any, origin: Path) -> GroundTruth | None:
+    """The recorded dataset's ground truth, when its format has one (VOC's masks, COCO's
+    annotations)."""
+    if not isinstance(dataset, dict):
+        return None
     try:
-        spec = DatasetSpec(**paths, **({"split": dataset["split"]} if dataset.get("split")
-                                       else {}))
+        spec = DatasetSpec.from_record(dataset, origin)
         fmt = dataset_format(spec)
         gt = fmt.ground_truth(spec) if fmt is not None else None
     except (IgcamError, OSError, TypeError):
         return None
-    return gt if gt is not None and gt.is_dir() else None
+    return gt if not isinstance(gt, MaskFolder) or gt.folder.is_dir() else None
 
 
 def read_run(root: Path) -> RunFacts:
@@ -267,4 +267,6 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
         method.evaluation, method.eval_file = report, path.name
         gt = (manifest.get("inputs") or {}).get("gt")
         if isinstance(gt, str) and _resolve(gt, origin).is_dir():
-            facts.gt = _resolve(gt, origin)
+            facts.gt = MaskFolder(_resolve(gt, origin))
+        elif isinstance(gt, str):  # drawn from a dataset's annotations: the eval's dataset
+            facts.gt = _ground_truth(config.get("dataset"), origin) or facts.gt
