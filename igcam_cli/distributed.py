@@ -97,11 +97,17 @@ class World:
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` under DistributedDataParallel (rank 0's weights copied to every process,
-        gradients averaged in ``backward``); the module itself for one process."""
+        gradients averaged in ``backward``); the module itself for one process.
+
+        Unused parameters are looked for (a graph walk per step, small beside the convs): the
+        backbones keep ImageNet heads that no loss reaches, and a stage may leave a part out.
+        A parameter no process used keeps no gradient, as in one process.
+        """
         if not self.launched:
             return module
         return nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
 
     def gather(self, value: Any) -> list[Any]:
         """Every process's ``value`` (picklable), in rank order, on every process."""

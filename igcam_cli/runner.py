@@ -39,15 +39,16 @@ from igcam_cli.images import read_image
 T = TypeVar("T")
 
 
-def progress_bar(*extra_columns: TextColumn) -> Progress:
+def progress_bar(*extra_columns: TextColumn, disable: bool = False) -> Progress:
     """A rich progress bar on stderr, so stdout stays clean for pipelines.
 
     Off a terminal (cluster logs) rich draws nothing while running and one final line at the
-    end, so logs get a summary rather than thousands of redraws.
+    end, so logs get a summary rather than thousands of redraws. ``disable`` hides it (the
+    torchrun processes of one training other than rank 0).
     """
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *extra_columns, TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console)
+                    console=console, disable=disable)
 
 
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
