@@ -321,10 +321,12 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
             # The epoch's loss and mAP over every process's images, not rank 0's share.
             shares = world.gather((float(np.mean(losses)), np.concatenate(scores),
                                    np.concatenate(targets)))
-            train_map = mean_average_precision(np.concatenate([s[1] for s in shares]),
+            epoch_scores = np.concatenate([s[1] for s in shares])
+            train_map = mean_average_precision(epoch_scores,
                                                np.concatenate([s[2] for s in shares]))
             history.append({"epoch": epoch + 1, "loss": float(np.mean([s[0] for s in shares])),
-                            "train_map": train_map, "lr": scheduler.get_last_lr()[0],
+                            "train_map": train_map, "images": len(epoch_scores),
+                            "lr": scheduler.get_last_lr()[0],
                             "seconds": round(time.perf_counter() - started, 2)})
             rngs = world.gather(torch.get_rng_state())
             if world.is_main:
