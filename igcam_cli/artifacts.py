@@ -535,7 +535,8 @@ def merge_finished_shards(folder: Path, count: int) -> Path | None:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a finished (unsharded) step, or None if the step has not completed."""
+    """The manifest of a finished step (unsharded, or its shards merged), or None if the step
+    has not completed."""
     path = folder / MANIFEST_FILE
     if not path.is_file():
         return None

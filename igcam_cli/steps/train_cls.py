@@ -243,6 +243,9 @@ def train_cls(config: TrainConfig) -> Path:
                          f"size {config.batch_size} is more), which does not divide by the "
                          f"{world.size} processes: pass a --batch-size that does")
     device = resolve_device(config.device)
+    if world.launched and device.type == "cuda" and device.index != world.local_rank:
+        raise IgcamError(f"--device {config.device}: under torchrun each process trains on its "
+                         "own GPU (cuda:LOCAL_RANK); use --device auto or cuda")
     with world.joined(device):
         return _train(config, stage, record, out, dataset, samples, epochs, batch_size,
                       device, world)
