@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igcam_cli.artifacts import RunDir
+from igcam_cli.artifacts import MANIFEST_FILE, RunDir
 from igcam_cli.datasets import DatasetSpec, GroundTruth, MaskFolder, dataset_format
 from igcam_cli.errors import IgcamError
 
@@ -144,7 +144,17 @@ def _step(name: str, where: str, manifests: list[dict[str, Any]]) -> Step:
     return Step(name=name, where=where, created=max(str(m.get("created", "")) for m in manifests),
                 seconds=sum(s for s in seconds if isinstance(s, int | float)) or None,
                 counts=counts, warnings=[w for m in manifests for w in m.get("warnings", [])],
-                shards=len(manifests))
+                shards=sum(len(m.get("shards") or [m]) for m in manifests))
+
+
+def _manifests(folder: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """A folder's finished manifests: ``manifest.json`` alone when there is one (a whole run,
+    or its shards merged, which it sums), else every shard's."""
+    whole = folder / MANIFEST_FILE
+    if whole.is_file() and (m := _load(whole, problems)) is not None and m.get("complete"):
+        return [m]
+    return [m for path in sorted(folder.glob("manifest.shard-*.json"))
+            if (m := _load(path, problems)) is not None and m.get("complete")]
 
 
 def _per_image(step: Step) -> float | None:
@@ -184,8 +194,7 @@ def read_run(root: Path) -> RunFacts:
     methods: dict[Path, Method] = {}
     datasets: list[tuple[bool, dict[str, Any], Path]] = []  # (not a CAM step's, spec, origin)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        manifests = [m for path in sorted(folder.glob("manifest*.json"))
-                     if (m := _load(path, facts.problems)) is not None and m.get("complete")]
+        manifests = _manifests(folder, facts.problems)
         kind = _kind(folder)
         if kind is not None and _files(folder, kind):
             methods[folder.resolve()] = Method(folder.name, kind, folder, _files(folder, kind))

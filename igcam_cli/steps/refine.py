@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from igcam_cli import options
-from igcam_cli.artifacts import RunDir, Shard, ensure_dir, read_cam, write_cam
+from igcam_cli import distributed, options
+from igcam_cli.artifacts import RunDir, ensure_dir, read_cam, write_cam
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import save_label_map
@@ -100,7 +100,7 @@ def refine(config: RefineConfig) -> Path:
     options.check(config)
     if config.bg_threshold is not None and config.bg_threshold >= config.threshold:
         raise IgcamError("--bg-threshold must be below --threshold")
-    shard = Shard.parse(config.shard)
+    shard = distributed.shard(config.shard)
     names = parse_refiners(config.method)
     run = RunDir(config.run)
     cams = config.cams or run.step("cam")
