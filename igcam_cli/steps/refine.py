@@ -95,6 +95,13 @@ class _RefineImage:
         return {**self.__dict__, "chain": None}  # networks are not shipped to workers
 
 
+def default_out(run: RunDir, method: str) -> Path:
+    """``RUN/refine`` for the default method, ``RUN/refine-<method>`` for any other, so that
+    one run directory holds every refiner's masks side by side."""
+    folder = run.step("refine")
+    return folder if method == DEFAULT_METHOD else folder.with_name(f"refine-{method}")
+
+
 def refine(config: RefineConfig) -> Path:
     """Write one palette PNG per CAM file."""
     options.check(config)
@@ -112,10 +119,7 @@ def refine(config: RefineConfig) -> Path:
     for stage in chain.stages:
         stage.check()
     used = {stage.name: stage.options for stage in chain.stages}
-    default_out = run.step("refine")
-    if config.method != DEFAULT_METHOD:
-        default_out = default_out.with_name(f"refine-{config.method}")
-    step = ImageStep("refine", config.out or default_out,
+    step = ImageStep("refine", config.out or default_out(run, config.method),
                      replace(config, method_options=used), shard)
     # Each CAM file stands in for its image: the sample's path is the .npz itself.
     samples = step.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])
