@@ -18,7 +18,7 @@ variant() {  # variant NAME CAM-OPTIONS...: CAMs into $RUN/cam-NAME, seed sweep,
   local t
   t=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['report']['threshold'])" \
     "$RUN/eval/seed-$name.json")
-  step "refine-$name" igcam refine --run "$RUN" --cams "$RUN/cam-$name" --threshold "$t" --crf \
+  step "refine-$name" igcam refine --run "$RUN" --cams "$RUN/cam-$name" --threshold "$t" --method crf \
     --workers 2 --out "$RUN/refine-$name-crf"
   igcam eval --pred "$RUN/refine-$name-crf" --gt "$GT" --split "$SPLIT" \
     --out "$RUN/eval/mask-$name-crf.json"

@@ -3,6 +3,7 @@
     python bench/walk_dense.py RUN --mode compare --images 3   # time both, compare the maps
     /usr/bin/time -f %M python bench/walk_dense.py RUN --mode sparse --images 3  # peak RSS
     /usr/bin/time -f %M python bench/walk_dense.py RUN --mode dense --images 3
+    python bench/walk_dense.py RUN --mode compare --images 5 --max-side 250  # smaller grids
 
 The same affinities (RUN/train-aff/affinity.pt, radius 5, beta 10) and 256 steps: ``steps``
 sparse products with the radius-limited transition, or the dense N x N matrix squared 8 times
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--mode", choices=("compare", "sparse", "dense"), default="compare")
     parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--max-side", type=int, default=0,
+                        help="shrink each image (and its CAMs) to this longer side first")
     args = parser.parse_args()
     net, _ = load_boundary_net(args.run / "train-aff" / "affinity.pt", torch.device("cpu"))
     paths = PathAffinity(RADIUS, half=False)
@@ -46,10 +49,13 @@ def main() -> None:
     seconds = {"sparse": [], "dense": []}
     for path in files:
         data = read_cam(path)
-        image = to_tensor(read_image(Path(str(data["image"]))))
+        image = to_tensor(read_image(Path(str(data["image"])), args.max_side or None))
         with torch.no_grad():
             affinity = paths(net(image[None]))[0]
         cams = torch.from_numpy(data["cams"].astype(np.float32))
+        if cams.shape[-2:] != image.shape[-2:]:
+            cams = torch.nn.functional.interpolate(cams[None], size=image.shape[-2:],
+                                                   mode="bilinear", align_corners=False)[0]
         grid = torch.nn.functional.adaptive_avg_pool2d(cams[None], affinity.shape[-2:])[0]
         matrix = transition(affinity, paths.offsets, BETA)
         walked = {}

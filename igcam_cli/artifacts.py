@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import socket
 import sys
 import tempfile
@@ -46,6 +47,7 @@ SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influ
 SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
 MAPS_DIR = "maps"  # RUN/influence/maps/<id>.npz: spatial influence maps
 REPORT_FILE = "report.html"  # RUN/: igcam report's page, beside its folder RUN/report/
+MANIFEST_FILE = "manifest.json"  # every step folder; manifest.shard-I-of-N.json per shard
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,7 @@ class Shard:
     def manifest_name(self) -> str:
         """Shards of an array job write separate manifests so they never race on one file."""
         if self.is_whole:
-            return "manifest.json"
+            return MANIFEST_FILE
         return f"manifest.shard-{self.index}-of-{self.count}.json"
 
 
@@ -437,9 +439,106 @@ class StepRecord:
         })
 
 
+SHARD_MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
+# Keys whose shards' values combine (or are per shard by nature) rather than agree.
+_COMBINED = frozenset({"complete", "created", "argv", "counts", "warnings", "timings"})
+
+
+def shard_manifests(folder: Path) -> dict[int, dict[int, Path]]:
+    """The shard manifests in ``folder``: for each split N, shard index -> file."""
+    found: dict[int, dict[int, Path]] = {}
+    for path in folder.glob("manifest.shard-*-of-*.json"):
+        if (match := SHARD_MANIFEST.fullmatch(path.name)) is not None:
+            found.setdefault(int(match[2]), {})[int(match[1])] = path
+    return found
+
+
+def _read_shard(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IgcamError(f"shard manifest {path} is unreadable ({type(exc).__name__}): rerun "
+                         "that shard") from None
+    if not isinstance(manifest, dict) or not manifest.get("complete"):
+        raise IgcamError(f"shard manifest {path} is not a finished step's: rerun that shard")
+    return manifest
+
+
+def merge_shards(folder: Path) -> Path:
+    """Write ``folder/manifest.json`` from the N ``manifest.shard-I-of-N.json`` of one split.
+
+    Every shard must be there, of the same step and recipe: the merged manifest then
+    describes the whole folder as one unsharded run's would (counts summed, warnings
+    concatenated, ``timings.total_s`` the shards' sum as for the per-image seconds, and
+    ``slowest_shard_s``, the wall time of the array), and ``shards`` keeps each shard's
+    creation time, argv, counts, timings and whatever else differs between them (its
+    ``--shard``, its images' fingerprint). The shard manifests stay, so that a shard rerun
+    later merges again; readers of a folder take ``manifest.json`` when it is there.
+    """
+    splits = shard_manifests(folder)
+    if not splits:
+        raise IgcamError(f"{folder} holds no shard manifests (manifest.shard-I-of-N.json)")
+    if len(splits) > 1:
+        raise IgcamError(f"{folder} holds shard manifests of several splits (of "
+                         f"{', of '.join(map(str, sorted(splits)))}): delete those of the "
+                         "split that is not current")
+    ((count, paths),) = splits.items()
+    missing = [f"{index}/{count}" for index in range(count) if index not in paths]
+    if missing:
+        raise IgcamError(f"{folder}: shard{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} missing (no manifest.shard-I-of-{count}.json): "
+                         "run them, then merge again")
+    manifests = [_read_shard(paths[index]) for index in range(count)]
+    first = manifests[0]
+    for index, manifest in enumerate(manifests[1:], start=1):
+        if manifest.get("step") != first.get("step") or \
+                manifest.get("recipe") != first.get("recipe"):
+            raise IgcamError(f"{folder}: shard {index}/{count} was made by another step or "
+                             "with other options than shard 0: rerun it with the same command")
+    merged: dict[str, Any] = {"complete": True,
+                              "created": max(str(m.get("created", "")) for m in manifests),
+                              "argv": first.get("argv")}
+    shards: list[dict[str, Any]] = [
+        {"shard": f"{index}/{count}", **{key: m.get(key) for key in
+                                         ("created", "argv", "counts", "timings")}}
+        for index, m in enumerate(manifests)]
+    for key in sorted({key for m in manifests for key in m} - _COMBINED):
+        values = [m.get(key) for m in manifests]
+        if all(value == values[0] for value in values):
+            merged[key] = values[0]
+        elif all(isinstance(value, dict) for value in values):  # config, inputs: keep the
+            shared = {k for k in values[0] if all(k in v and v[k] == values[0][k]  # agreeing
+                                                  for v in values)}
+            merged[key] = {k: values[0][k] for k in shared}
+            for entry, value in zip(shards, values, strict=True):
+                entry[key] = {k: v for k, v in value.items() if k not in shared}
+        else:
+            for entry, value in zip(shards, values, strict=True):
+                entry[key] = value
+    counts: dict[str, int] = {}
+    for manifest in manifests:
+        for key, value in (manifest.get("counts") or {}).items():
+            counts[key] = counts.get(key, 0) + value
+    seconds = [float((m.get("timings") or {}).get("total_s", 0.0)) for m in manifests]
+    merged.update(counts=counts, warnings=[w for m in manifests for w in m.get("warnings", [])],
+                  timings={"total_s": round(sum(seconds), 3),
+                           "slowest_shard_s": round(max(seconds), 3)},
+                  shards=shards)
+    return write_json(folder / MANIFEST_FILE, merged)
+
+
+def merge_finished_shards(folder: Path, count: int) -> Path | None:
+    """:func:`merge_shards` once all ``count`` shards of a split are there, else None: the
+    last shard of an array job (or torchrun's last process) to finish merges them."""
+    if len(shard_manifests(folder).get(count, {})) < count:
+        return None
+    return merge_shards(folder)
+
+
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a finished (unsharded) step, or None if the step has not completed."""
-    path = folder / "manifest.json"
+    """The manifest of a finished step (unsharded, or its shards merged), or None if the step
+    has not completed."""
+    path = folder / MANIFEST_FILE
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())

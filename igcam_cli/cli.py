@@ -169,6 +169,9 @@ COMMANDS = {
     "report": Command("One HTML page about a run: settings, training curve, steps, every "
                       "method's scores, charts and pictures (opens from disk).",
                       "igcam_cli.steps.report:ReportConfig:report"),
+    "merge-shards": Command("One manifest.json for a folder (or every folder of a run) that "
+                            "--shard I/N processes or torchrun filled; names missing shards.",
+                            "igcam_cli.steps.merge_shards:MergeConfig:merge_shards"),
     "run": Command("Every step in order in one run directory, skipping what is already done.",
                    "igcam_cli.steps.run:RunConfig:run"),
     "demo": Command("Generate a small shapes dataset and run the whole pipeline on it (a few "

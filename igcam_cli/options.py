@@ -108,7 +108,8 @@ def overwrite() -> Any:
 
 def shard() -> Any:
     return option(None, "I/N: process only every N-th image starting at I (0-based), for "
-                        "cluster array jobs.")
+                        "cluster array jobs. Under torchrun each process takes "
+                        "RANK/WORLD_SIZE by itself (no --shard).")
 
 
 def workers(default: int = 1) -> Any:

@@ -31,10 +31,12 @@ from igcam_cli.artifacts import (
     StepRecord,
     ensure_dir,
     jsonable,
+    merge_finished_shards,
     read_manifest,
     remove_stale_temps,
 )
 from igcam_cli.datasets import DatasetSpec, Sample
+from igcam_cli.distributed import device_name
 from igcam_cli.errors import IgcamError, ImageProblem, console
 from igcam_cli.images import read_image
 
@@ -43,15 +45,16 @@ L = TypeVar("L")  # what an ImageWork loads
 R = TypeVar("R")  # what it computes
 
 
-def progress_bar(*extra_columns: TextColumn) -> Progress:
+def progress_bar(*extra_columns: TextColumn, disable: bool = False) -> Progress:
     """A rich progress bar on stderr, so stdout stays clean for pipelines.
 
     Off a terminal (cluster logs) rich draws nothing while running and one final line at the
-    end, so logs get a summary rather than thousands of redraws.
+    end, so logs get a summary rather than thousands of redraws. ``disable`` hides it (the
+    torchrun processes of one training other than rank 0).
     """
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *extra_columns, TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console)
+                    console=console, disable=disable)
 
 
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
@@ -87,7 +90,9 @@ class ClassifierStepConfig(DataStepConfig):
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; a missing GPU is a user
-    error rather than torch's traceback at the first tensor moved there."""
+    error rather than torch's traceback at the first tensor moved there. Under torchrun,
+    ``auto`` and ``cuda`` are the process's own GPU (``distributed.device_name``)."""
+    name = device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -299,9 +304,19 @@ def trained_already(name: str, final: Path, record: StepRecord) -> bool:
     return True
 
 
-def recipe_differences(recipe: dict[str, Any], other: dict[str, Any]) -> list[str]:
-    """The keys on which two recipes disagree."""
-    return sorted(key for key in recipe.keys() | other.keys() if other.get(key) != recipe.get(key))
+def recipe_differences(recipe: dict[str, Any], other: dict[str, Any],
+                       prefix: str = "") -> list[str]:
+    """The keys on which two recipes disagree (``dataset.split`` inside a nested one). A key
+    one recipe lacks counts as None there: an option added since a manifest was written
+    (``dataset.coco``) leaves the folders made without it valid while it is not given."""
+    differs = []
+    for key in recipe.keys() | other.keys():
+        mine, theirs = recipe.get(key), other.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            differs += recipe_differences(mine, theirs, f"{prefix}{key}.")
+        elif mine != theirs:
+            differs.append(prefix + key)
+    return sorted(differs)
 
 
 class ImageStep:
@@ -367,11 +382,24 @@ class ImageStep:
                       description=description or self.name)
 
     def finish(self, written: str = "written", extra: str = "") -> Path:
-        """Save the manifest and print ``NAME: N written, M already done, K failed -> OUT``."""
+        """Save the manifest and print ``NAME: N written, M already done, K failed -> OUT``.
+
+        The last shard of a split to finish merges the shards' manifests into one
+        ``manifest.json`` (``artifacts.merge_shards``); if they cannot be merged, the shard's
+        own work still stands and the reason is a warning.
+        """
         manifest = self.record.save(self.out, self.shard)
         counts = self.record.counts
         console.print(f"{self.name}: {counts.get('processed', 0)} {written}, "
                       f"{counts.get('skipped_done', 0)} already done, "
                       f"{counts.get('failed', 0)} failed{extra} -> {self.out}")
         summarise_warnings(self.record, manifest)
+        if not self.shard.is_whole:
+            try:
+                merged = merge_finished_shards(self.out, self.shard.count)
+            except IgcamError as error:
+                console.print(f"[yellow]warning:[/] shards not merged: {error}")
+            else:
+                if merged is not None:
+                    console.print(f"{self.name}: all {self.shard.count} shards done -> {merged}")
         return self.out

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from igcam_cli.artifacts import ensure_dir, read_cam, write_image
+from igcam_cli.datasets import GroundTruth
 from igcam_cli.errors import ImageProblem
 from igcam_cli.images import IGNORE, read_image, read_label_map, voc_palette
 
@@ -30,20 +31,20 @@ def blend(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (0.4 * image + 0.6 * colour_labels(labels)).astype(np.uint8)
 
 
-def overlay(cam_file: Path, mask_file: Path | None, gt_file: Path | None,
+def overlay(cam_file: Path, mask_file: Path | None, gt: np.ndarray | None,
             max_side: int = 320) -> np.ndarray:
-    """One row of panels for one image, scaled so its long side is ``max_side``."""
+    """One row of panels for one image (its ground truth ``gt`` last, when there is one),
+    scaled so its long side is ``max_side``."""
     data = read_cam(cam_file)
     image = read_image(Path(str(data["image"])))
     cams = data["cams"].astype(np.float32)
     if cams.shape[1:] != image.shape[:2]:
         raise ImageProblem(f"{cam_file}: CAM and image sizes differ")
     panels = [image, heatmap(image, cams)]
-    for path in (mask_file, gt_file):
-        if path is not None and path.is_file():
-            labels = read_label_map(path)
-            if labels.shape == image.shape[:2]:
-                panels.append(blend(image, labels))
+    mask = read_label_map(mask_file) if mask_file is not None and mask_file.is_file() else None
+    for labels in (mask, gt):
+        if labels is not None and labels.shape == image.shape[:2]:
+            panels.append(blend(image, labels))
     scale = max_side / max(image.shape[:2])
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     gap = np.full((size[1], 4, 3), 255, np.uint8)
@@ -51,15 +52,15 @@ def overlay(cam_file: Path, mask_file: Path | None, gt_file: Path | None,
     return np.concatenate([x for p in resized for x in (p, gap)][:-1], axis=1)
 
 
-def write_overlays(cams: Path, masks: Path | None, gt: Path | None, out: Path,
+def write_overlays(cams: Path, masks: Path | None, gt: GroundTruth | None, out: Path,
                    limit: int = 16) -> list[Path]:
     """Overlays for the first ``limit`` CAM files (sorted by id); returns the written files."""
     ensure_dir(out)
     written = []
     for cam_file in sorted(cams.glob("*.npz"))[:limit]:
         image_id = cam_file.stem
-        picture = overlay(cam_file, masks / f"{image_id}.png" if masks else None,
-                          gt / f"{image_id}.png" if gt else None)
+        truth = gt.read(image_id) if gt is not None and gt.has(image_id) else None
+        picture = overlay(cam_file, masks / f"{image_id}.png" if masks else None, truth)
         written.append(write_image(out / f"{image_id}.jpg", Image.fromarray(picture),
                                    quality=90))
     return written

@@ -9,6 +9,7 @@ from PIL import Image
 from igcam_cli.datasets import (
     FORMATS,
     DatasetSpec,
+    MaskFolder,
     class_file,
     class_names,
     dataset_format,
@@ -120,7 +121,8 @@ def test_real_voc_and_coco_layouts(voc_sample: Path, coco128: Path) -> None:
 
 
 def test_each_format_detects_its_spec_and_not_the_others(tiny_voc: Path) -> None:
-    specs = {"voc": DatasetSpec(voc=tiny_voc), "folder": DatasetSpec(images=tiny_voc)}
+    specs = {"voc": DatasetSpec(voc=tiny_voc), "folder": DatasetSpec(images=tiny_voc),
+             "coco": DatasetSpec(coco=tiny_voc / "instances_train.json")}
     assert set(FORMATS) == set(specs)
     for name, fmt in FORMATS.items():
         assert fmt.name == name
@@ -159,9 +161,9 @@ def test_voc_split_falls_back_to_imagesets_main(tmp_path: Path, tiny_voc: Path) 
 def test_voc_ground_truth_prefers_segmentation_class_aug(tmp_path: Path, tiny_voc: Path) -> None:
     root = _voc_copy(tiny_voc, tmp_path)
     voc, spec = FORMATS["voc"], DatasetSpec(voc=root)
-    assert voc.ground_truth(spec) == root / "SegmentationClass"
+    assert voc.ground_truth(spec) == MaskFolder(root / "SegmentationClass")
     shutil.copytree(root / "SegmentationClass", root / "SegmentationClassAug")
-    assert voc.ground_truth(spec) == root / "SegmentationClassAug"
+    assert voc.ground_truth(spec) == MaskFolder(root / "SegmentationClassAug")
     assert {s.mask.parent for s in load_dataset(spec).samples} == {root / "SegmentationClassAug"}
     shutil.rmtree(root / "SegmentationClassAug")
     shutil.rmtree(root / "SegmentationClass")

@@ -14,21 +14,24 @@ from igcam_cli.datasets.base import (
     Dataset,
     DatasetFormat,
     DatasetSpec,
+    GroundTruth,
+    MaskFolder,
     Sample,
     multi_hot,
     read_class_names,
     read_split,
 )
+from igcam_cli.datasets.coco import Coco
 from igcam_cli.datasets.folder import Folder, read_labels_file
 from igcam_cli.datasets.voc import Voc, labels_from_mask
 from igcam_cli.errors import IgcamError
 
-FORMATS: dict[str, DatasetFormat] = {fmt.name: fmt for fmt in (Voc(), Folder())}
+FORMATS: dict[str, DatasetFormat] = {fmt.name: fmt for fmt in (Voc(), Folder(), Coco())}
 
 __all__ = [
-    "FORMATS", "VOC_CLASSES", "Dataset", "DatasetFormat", "DatasetSpec", "Sample", "class_file",
-    "class_names", "dataset_format", "labels_from_mask", "load_dataset", "multi_hot",
-    "read_class_names", "read_labels_file", "read_split",
+    "FORMATS", "VOC_CLASSES", "Dataset", "DatasetFormat", "DatasetSpec", "GroundTruth",
+    "MaskFolder", "Sample", "class_file", "class_names", "dataset_format", "labels_from_mask",
+    "load_dataset", "multi_hot", "read_class_names", "read_labels_file", "read_split",
 ]
 
 
@@ -54,9 +57,13 @@ def class_file(spec: DatasetSpec) -> Path | None:
 
 
 def class_names(spec: DatasetSpec) -> tuple[str, ...]:
-    """The foreground class names of ``spec`` (background is implicit)."""
-    path = class_file(spec)
-    return read_class_names(path) if path is not None else VOC_CLASSES
+    """The foreground class names of ``spec`` (background is implicit): ``--classes``, else
+    the format's own (``ROOT/classes.txt`` for VOC, the categories for COCO), else VOC's 20."""
+    if spec.classes is not None:
+        return read_class_names(spec.classes)
+    fmt = dataset_format(spec)
+    names = fmt.class_names(spec) if fmt is not None else None
+    return names if names is not None else VOC_CLASSES
 
 
 def load_dataset(spec: DatasetSpec, strict: bool = False) -> Dataset:

@@ -1,23 +1,27 @@
 """What every dataset format shares: the data options, samples, class lists and the protocol.
 
-A format (:mod:`igcam_cli.datasets.voc`, :mod:`igcam_cli.datasets.folder`) turns a
-:class:`DatasetSpec` into a list of :class:`Sample` with image-level labels as 0-based
-foreground class indices; mask files (value 0 background, 1..C classes, 255 ignore) are attached
-when present. Steps never look inside a dataset folder themselves: they ask the spec's
-:class:`DatasetFormat` for samples, ground truth, split and class list, so that a new layout is
-one module and one registry line in :mod:`igcam_cli.datasets`.
+A format (:mod:`igcam_cli.datasets.voc`, :mod:`igcam_cli.datasets.folder`,
+:mod:`igcam_cli.datasets.coco`) turns a :class:`DatasetSpec` into a list of :class:`Sample` with
+image-level labels as 0-based foreground class indices. Ground truth (label maps: 0 background,
+1..C classes, 255 ignore) is a :class:`GroundTruth`: a folder of PNGs (:class:`MaskFolder`) or
+label maps drawn in memory from annotations, so that eval, the pictures and the report read
+every format's ground truth the same way. Steps never look inside a dataset folder themselves:
+they ask the spec's :class:`DatasetFormat` for samples, ground truth, split and class list, so
+that a new layout is one module and one registry line in :mod:`igcam_cli.datasets`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from igcam_cli.errors import IgcamError
+from igcam_cli.images import read_label_map
 from igcam_cli.options import option
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -29,7 +33,9 @@ VOC_CLASSES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: ``labels`` are 0-based foreground class indices, None when unknown."""
+    """One image: ``labels`` are 0-based foreground class indices, None when unknown;
+    ``mask`` is its label PNG where the layout has one (VOC), else None (ground truth drawn
+    from annotations comes from the format's :class:`GroundTruth`)."""
 
     id: str
     image: Path
@@ -52,17 +58,58 @@ class DatasetSpec:
         None, "Dataset in PASCAL VOC layout: JPEGImages/, SegmentationClass(Aug)/ or "
               "Annotations/, ImageSets/Segmentation/<split>.txt. Labels come from the masks (or "
               "the XML).")
-    split: str = option("train", "Split name under ImageSets/Segmentation/ (--voc).")
+    split: str = option(
+        "train", "Split name under ImageSets/Segmentation/ (--voc). Not for --coco, whose "
+                 "annotation file is the split (instances_val2014.json for val): there any "
+                 "other value than the default is an error.")
     images: Path | None = option(None, "A plain folder of images (instead of --voc).")
     labels: Path | None = option(
         None, "Image-level labels for --images: CSV 'image_id,label1;label2' or JSON "
               "{\"image_id\": [\"dog\", \"person\"]}. Without it, cam predicts the classes.")
+    coco: Path | None = option(
+        None, "Dataset in COCO format: an instances_*.json annotation file. Image-level labels "
+              "are the categories annotated on an image, crowd annotations included; an image "
+              "without annotations is kept as all-background (no labels). Ground truth for "
+              "eval is drawn from the polygons and RLE masks: larger instances first so "
+              "smaller ones stay on top, crowd regions 255 (ignored) where no other instance "
+              "lies.")
+    coco_images: Path | None = option(
+        None, "Image folder of --coco. Default: the folder named after the annotation file "
+              "(annotations/instances_train2014.json -> train2014/ beside annotations/, or "
+              "beside the file).")
+    # None means coco: manifests written before the COCO format have no such key, and read
+    # as None, so their folders stay valid (runner.recipe_differences).
+    coco_classes: str | None = option(
+        None, "Classes of --coco: 'coco' (the default), the JSON's categories in category-id "
+              "order with their names (80 for COCO), or 'voc', the 20 PASCAL VOC classes "
+              "(airplane -> aeroplane, motorcycle -> motorbike, couch -> sofa, potted plant -> "
+              "pottedplant, dining table -> diningtable, tv -> tvmonitor, and bicycle, bird, "
+              "boat, bottle, bus, car, cat, chair, cow, dog, horse, person, sheep, train as "
+              "named). With 'voc', annotations of other categories are dropped: they give no "
+              "label, and their pixels are background (0), as VOC's own masks have it.",
+        choices=("coco", "voc"))
     classes: Path | None = option(
         None, "Class list file, one foreground class per line. Default: ROOT/classes.txt if "
-              "present, else the 20 PASCAL VOC classes.")
+              "present (--voc), the categories chosen by --coco-classes (--coco), else the 20 "
+              "PASCAL VOC classes. With --coco, the names are matched to category names "
+              "(after the --coco-classes voc renaming), other categories dropped.")
 
     def describe(self) -> dict[str, str | None]:
         return {k: (str(v) if v is not None else None) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], origin: Path) -> DatasetSpec:
+        """The spec a manifest recorded with :meth:`describe`, its relative paths taken from
+        ``origin`` (the directory the step ran in); unknown and empty entries are left out."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = record.get(f.name)
+            if isinstance(value, str) and value:
+                path = Path(value)
+                is_path = "Path" in str(f.type)
+                values[f.name] = ((path if path.is_absolute() else (origin / path).resolve())
+                                  if is_path else value)
+        return cls(**values)
 
 
 @dataclass
@@ -125,6 +172,54 @@ def read_split(path: Path) -> list[str]:
     return ids
 
 
+class GroundTruth(ABC):
+    """An image's ground-truth label map by id (0 background, 1..C classes, 255 ignored):
+    what eval scores against and the pictures show, whether it lies in files or is drawn from
+    annotations when it is read."""
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Every image id that has ground truth, sorted."""
+
+    @abstractmethod
+    def has(self, image_id: str) -> bool:
+        """Whether ``image_id`` has ground truth."""
+
+    @abstractmethod
+    def read(self, image_id: str) -> np.ndarray:
+        """The (H, W) uint8 label map; :class:`~igcam_cli.errors.ImageProblem` when unreadable."""
+
+    @abstractmethod
+    def where(self, image_id: str) -> str:
+        """How messages name the ground truth of ``image_id`` (a file, an annotation file)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """What the ground truth is read from, for manifests."""
+
+
+@dataclass(frozen=True)
+class MaskFolder(GroundTruth):
+    """A folder of label PNGs named ``<id>.png`` (VOC's SegmentationClass, ``eval --gt``)."""
+
+    folder: Path
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.png"))
+
+    def has(self, image_id: str) -> bool:
+        return (self.folder / f"{image_id}.png").is_file()
+
+    def read(self, image_id: str) -> np.ndarray:
+        return read_label_map(self.folder / f"{image_id}.png")
+
+    def where(self, image_id: str) -> str:
+        return str(self.folder / f"{image_id}.png")
+
+    def describe(self) -> str:
+        return str(self.folder)
+
+
 class DatasetFormat(ABC):
     """One on-disk dataset layout: what the steps may ask of a dataset, and nothing more.
 
@@ -143,8 +238,8 @@ class DatasetFormat(ABC):
     def load(self, spec: DatasetSpec, class_names: tuple[str, ...], strict: bool) -> Dataset:
         """Samples with image-level labels; per-image problems are collected unless ``strict``."""
 
-    def ground_truth(self, spec: DatasetSpec) -> Path | None:
-        """The folder of ground-truth label PNGs (``<id>.png``) that eval scores against."""
+    def ground_truth(self, spec: DatasetSpec) -> GroundTruth | None:
+        """The ground-truth label maps that eval scores against; None when there are none."""
         return None
 
     def split_ids(self, spec: DatasetSpec) -> list[str] | None:
@@ -154,3 +249,9 @@ class DatasetFormat(ABC):
     def class_file(self, spec: DatasetSpec) -> Path | None:
         """The dataset's own class list file, used when ``--classes`` is not given."""
         return None
+
+    def class_names(self, spec: DatasetSpec) -> tuple[str, ...] | None:
+        """The dataset's own class list when ``--classes`` is not given: its class file's by
+        default; a format whose annotations name the classes (COCO) lists them itself."""
+        path = self.class_file(spec)
+        return read_class_names(path) if path is not None else None

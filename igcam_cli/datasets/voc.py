@@ -15,6 +15,7 @@ from igcam_cli.datasets.base import (
     Dataset,
     DatasetFormat,
     DatasetSpec,
+    MaskFolder,
     Sample,
     class_lookup,
     read_split,
@@ -70,9 +71,10 @@ class Voc(DatasetFormat):
         path = _root(spec) / "classes.txt"
         return path if path.is_file() else None
 
-    def ground_truth(self, spec: DatasetSpec) -> Path | None:
+    def ground_truth(self, spec: DatasetSpec) -> MaskFolder | None:
         root = _root(spec)
-        return next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
+        folder = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
+        return MaskFolder(folder) if folder is not None else None
 
     def split_ids(self, spec: DatasetSpec) -> list[str]:
         return read_split(split_file(_root(spec), spec.split))
@@ -84,7 +86,8 @@ class Voc(DatasetFormat):
         jpeg = root / "JPEGImages"
         if not jpeg.is_dir():
             raise IgcamError(f"{root} has no JPEGImages/ folder (expected VOC layout)")
-        mask_dir = self.ground_truth(spec)
+        truth = self.ground_truth(spec)
+        mask_dir = truth.folder if truth is not None else None
         lookup = class_lookup(class_names)
         samples: list[Sample] = []
         problems: list[str] = []

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igcam_cli.artifacts import RunDir
-from igcam_cli.datasets import DatasetSpec, dataset_format
+from igcam_cli.artifacts import MANIFEST_FILE, RunDir
+from igcam_cli.datasets import DatasetSpec, GroundTruth, MaskFolder, dataset_format
 from igcam_cli.errors import IgcamError
 
 METRICS_FILE = "metrics.json"  # RUN/train-cls*/: one record per epoch
@@ -78,7 +78,7 @@ class RunFacts:
     steps: list[Step] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     methods: list[Method] = field(default_factory=list)
-    gt: Path | None = None
+    gt: GroundTruth | None = None
     problems: list[str] = field(default_factory=list)  # files the report could not read
 
     @property
@@ -144,7 +144,17 @@ def _step(name: str, where: str, manifests: list[dict[str, Any]]) -> Step:
     return Step(name=name, where=where, created=max(str(m.get("created", "")) for m in manifests),
                 seconds=sum(s for s in seconds if isinstance(s, int | float)) or None,
                 counts=counts, warnings=[w for m in manifests for w in m.get("warnings", [])],
-                shards=len(manifests))
+                shards=sum(len(m.get("shards") or [m]) for m in manifests))
+
+
+def _manifests(folder: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """A folder's finished manifests: ``manifest.json`` alone when there is one (a whole run,
+    or its shards merged, which it sums), else every shard's."""
+    whole = folder / MANIFEST_FILE
+    if whole.is_file() and (m := _load(whole, problems)) is not None and m.get("complete"):
+        return [m]
+    return [m for path in sorted(folder.glob("manifest.shard-*.json"))
+            if (m := _load(path, problems)) is not None and m.get("complete")]
 
 
 def _per_image(step: Step) -> float | None:
@@ -164,18 +174,18 @@ def _kind(folder: Path) -> str | None:
     return None
 
 
-def _ground_truth(dataset: dict[str, Any], origin: Path) -> Path | None:
-    """The dataset's ground-truth folder, when its format has one (VOC's masks)."""
-    paths = {k: _resolve(v, origin) for k, v in dataset.items()
-             if k in ("voc", "images", "labels", "classes") and isinstance(v, str)}
+def _ground_truth(dataset: Any, origin: Path) -> GroundTruth | None:
+    """The recorded dataset's ground truth, when its format has one (VOC's masks, COCO's
+    annotations)."""
+    if not isinstance(dataset, dict):
+        return None
     try:
-        spec = DatasetSpec(**paths, **({"split": dataset["split"]} if dataset.get("split")
-                                       else {}))
+        spec = DatasetSpec.from_record(dataset, origin)
         fmt = dataset_format(spec)
         gt = fmt.ground_truth(spec) if fmt is not None else None
     except (IgcamError, OSError, TypeError):
         return None
-    return gt if gt is not None and gt.is_dir() else None
+    return gt if not isinstance(gt, MaskFolder) or gt.folder.is_dir() else None
 
 
 def read_run(root: Path) -> RunFacts:
@@ -184,8 +194,7 @@ def read_run(root: Path) -> RunFacts:
     methods: dict[Path, Method] = {}
     datasets: list[tuple[bool, dict[str, Any], Path]] = []  # (not a CAM step's, spec, origin)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        manifests = [m for path in sorted(folder.glob("manifest*.json"))
-                     if (m := _load(path, facts.problems)) is not None and m.get("complete")]
+        manifests = _manifests(folder, facts.problems)
         kind = _kind(folder)
         if kind is not None and _files(folder, kind):
             methods[folder.resolve()] = Method(folder.name, kind, folder, _files(folder, kind))
@@ -267,4 +276,6 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
         method.evaluation, method.eval_file = report, path.name
         gt = (manifest.get("inputs") or {}).get("gt")
         if isinstance(gt, str) and _resolve(gt, origin).is_dir():
-            facts.gt = _resolve(gt, origin)
+            facts.gt = MaskFolder(_resolve(gt, origin))
+        elif isinstance(gt, str):  # drawn from a dataset's annotations: the eval's dataset
+            facts.gt = _ground_truth(config.get("dataset"), origin) or facts.gt

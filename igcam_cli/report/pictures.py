@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from igcam_cli.artifacts import read_cam, write_image
+from igcam_cli.datasets import GroundTruth
 from igcam_cli.errors import ImageProblem
 from igcam_cli.images import image_size, read_image, read_label_map
 from igcam_cli.masks import seed_labels
@@ -63,13 +64,12 @@ def prediction(method: Method, image_id: str) -> np.ndarray:
                        float(method.threshold or 0.0))
 
 
-def read_truth(folder: Path | None, image_id: str) -> np.ndarray | None:
+def read_truth(truth: GroundTruth | None, image_id: str) -> np.ndarray | None:
     """An image's ground truth; None when it has none or it cannot be read."""
-    path = folder / f"{image_id}.png" if folder is not None else None
-    if path is None or not path.is_file():
+    if truth is None or not truth.has(image_id):
         return None
     try:
-        return read_label_map(path)
+        return truth.read(image_id)
     except ImageProblem:
         return None
 
@@ -113,9 +113,9 @@ def choose(facts: RunFacts, rows: int) -> tuple[list[tuple[str, str | None]], Me
     """The ids of the rows with their groups, the ranking method and the ids chosen from."""
     ranking = _ranking(facts)
     if ranking is not None:
-        score = {p.stem: image_miou(ranking, p.stem, gt) for p in facts.gt.glob("*.png")
-                 if (ranking.path / f"{p.stem}{_suffix(ranking)}").is_file()
-                 and (gt := read_truth(facts.gt, p.stem)) is not None}
+        score = {i: image_miou(ranking, i, gt) for i in facts.gt.ids()
+                 if (ranking.path / f"{i}{_suffix(ranking)}").is_file()
+                 and (gt := read_truth(facts.gt, i)) is not None}
         ranked = sorted((i for i, v in score.items() if v is not None),
                         key=lambda i: (score[i], i))
         if ranked:
@@ -174,18 +174,18 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
     size = photo.shape[:2]
     gt = read_truth(facts.gt, image_id)
 
-    def at_panel_size(array: np.ndarray, path: Path, labels: bool) -> np.ndarray:
+    def at_panel_size(array: np.ndarray, name: str, labels: bool) -> np.ndarray:
         if array.shape[-2:] != full:  # another image's file: never stretched to fit
-            raise ImageProblem(f"{path.name}: size {array.shape[-2:]} is not the photo's {full}")
+            raise ImageProblem(f"{name}: size {array.shape[-2:]} is not the photo's {full}")
         return _shrink(array, size, labels)
 
     def picture(method: Method) -> np.ndarray:
         path = method.path / f"{image_id}{_suffix(method)}"
         if method.kind == "masks":
-            return blend(photo, at_panel_size(read_label_map(path), path, labels=True))
+            return blend(photo, at_panel_size(read_label_map(path), path.name, labels=True))
         cams = read_cam(path)["cams"].astype(np.float32)
         peak = cams.max(axis=0) if len(cams) else np.zeros(full, np.float32)
-        return heatmap(photo, at_panel_size(peak, path, labels=False)[None])
+        return heatmap(photo, at_panel_size(peak, path.name, labels=False)[None])
 
     row.panels.append(_panel("photo", lambda: photo, assets, f"{image_id}.photo.jpg"))
     for method in facts.methods:
@@ -201,9 +201,9 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
         if gt is None:
             row.panels.append(Panel("ground truth", note="no readable ground-truth mask"))
         else:
-            gt_file = facts.gt / f"{image_id}.png"
+            where = Path(facts.gt.where(image_id)).name
             row.panels.append(_panel(
-                "ground truth", lambda: blend(photo, at_panel_size(gt, gt_file, labels=True)),
+                "ground truth", lambda: blend(photo, at_panel_size(gt, where, labels=True)),
                 assets, f"{image_id}.gt.jpg"))
     return row
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from igcam_cli import options
-from igcam_cli.artifacts import RunDir, Shard, fingerprint, sha256_file, write_cam
+from igcam_cli import distributed, options
+from igcam_cli.artifacts import RunDir, fingerprint, sha256_file, write_cam
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import image_size, read_image
@@ -75,7 +75,7 @@ def cam(config: CamConfig) -> Path:
     options.check(config)
     if not config.scales or any(s <= 0 for s in config.scales):
         raise IgcamError("--scales must be positive numbers, e.g. 1.0,0.5,1.5,2.0")
-    shard = Shard.parse(config.shard)
+    shard = distributed.shard(config.shard)
     names = parse_methods(config.method)
     run = RunDir(config.run)
     checkpoint = config.classifier()

@@ -4,8 +4,8 @@ Predictions are PNG label maps (``--pred``) or CAM files (``--cams``), the latte
 background thresholds in one pass over the files. Images listed in the split but missing from
 the predictions count as all-wrong (every ground-truth pixel a miss) and are reported. The
 ground truth, split and class list are given as folders and files (``--gt``, ``--split FILE``,
-``--classes``) or taken from a dataset's format (``--voc ROOT``), which is how ``igcam run``
-evaluates.
+``--classes``) or taken from a dataset's format (``--voc ROOT``, ``--coco FILE``, whose masks
+are drawn from the annotations as each image is scored), which is how ``igcam run`` evaluates.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from rich.table import Table
 
 from igcam_cli import options
 from igcam_cli.artifacts import StepRecord, ensure_dir, jsonable, read_cam
-from igcam_cli.datasets import DatasetFormat, DatasetSpec, class_names, dataset_format, read_split
+from igcam_cli.datasets import (
+    DatasetFormat,
+    DatasetSpec,
+    GroundTruth,
+    MaskFolder,
+    class_names,
+    dataset_format,
+    read_split,
+)
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.images import IGNORE, read_label_map
 from igcam_cli.masks import peak_labels
@@ -55,7 +63,8 @@ class EvalData(DatasetSpec):
 class EvalConfig:
     gt: Path | None = option(
         None, "Ground-truth label PNGs (e.g. SegmentationClass). Default: the dataset's "
-              "(--voc ROOT: SegmentationClassAug/, else SegmentationClass/).")
+              "(--voc ROOT: SegmentationClassAug/, else SegmentationClass/; --coco FILE: "
+              "drawn from its annotations).")
     pred: Path | None = option(None, "Predicted label PNGs to score.")
     cams: Path | None = option(
         None, "CAM folder to score instead, sweeping the background threshold.")
@@ -85,13 +94,27 @@ def parse_thresholds(text: str) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
-def _image_confusions(image_id: str, config: EvalConfig, gt_dir: Path, n: int,
+_WORK: dict[str, object] = {}  # what one worker process scores with (see _start_worker)
+
+
+def _start_worker(config: EvalConfig, truth: GroundTruth, n: int,
+                  thresholds: list[float]) -> None:
+    """Hand a worker process the evaluation once, rather than with every batch of ids: a
+    ground truth drawn from annotations holds the whole annotation index."""
+    _WORK.update(config=config, truth=truth, n=n, thresholds=thresholds)
+
+
+def _worker_confusions(image_id: str) -> tuple[list[np.ndarray], str | None]:
+    return _image_confusions(image_id, **_WORK)
+
+
+def _image_confusions(image_id: str, config: EvalConfig, truth: GroundTruth, n: int,
                       thresholds: list[float]) -> tuple[list[np.ndarray], str | None]:
     """Confusion matrices of one image (one per threshold for CAMs) and a problem, if any."""
-    gt = read_label_map(gt_dir / f"{image_id}.png")
+    gt = truth.read(image_id)
     top = int(gt[gt != IGNORE].max(initial=0))
     if top >= n:
-        raise IgcamError(f"{gt_dir / image_id}.png has class {top} but only {n - 1} classes "
+        raise IgcamError(f"{truth.where(image_id)} has class {top} but only {n - 1} classes "
                          "are known; pass --classes")
     def missing() -> list[np.ndarray]:
         return [missing_confusion(gt, n)] * len(thresholds)
@@ -120,7 +143,7 @@ def _image_confusions(image_id: str, config: EvalConfig, gt_dir: Path, n: int,
         return missing(), str(problem)
 
 
-def _ids(config: EvalConfig, gt: Path, fmt: DatasetFormat | None, spec: DatasetSpec
+def _ids(config: EvalConfig, gt: GroundTruth, fmt: DatasetFormat | None, spec: DatasetSpec
          ) -> list[str]:
     """The ids to score: the dataset's split, else ``--split FILE``, else every prediction."""
     ids = fmt.split_ids(spec) if fmt is not None else None
@@ -132,9 +155,9 @@ def _ids(config: EvalConfig, gt: Path, fmt: DatasetFormat | None, spec: DatasetS
         ids = sorted(p.stem for p in source.glob(f"*{suffix}"))
     if not ids:
         raise IgcamError("nothing to evaluate: the prediction folder (or split) is empty")
-    absent = [i for i in ids if not (gt / f"{i}.png").is_file()]
+    absent = [i for i in ids if not gt.has(i)]
     if absent:
-        raise IgcamError(f"ground truth {gt / absent[0]}.png not found "
+        raise IgcamError(f"ground truth {gt.where(absent[0])} not found "
                          f"({len(absent)} of {len(ids)} images have none)")
     return ids
 
@@ -145,26 +168,28 @@ def evaluate(config: EvalConfig) -> dict:
         raise IgcamError("give exactly one of --pred DIR or --cams DIR")
     spec = config.dataset.spec()
     fmt = dataset_format(spec)
-    gt = config.gt or (fmt.ground_truth(spec) if fmt is not None else None)
+    for folder in (config.gt, config.pred or config.cams):
+        if folder is not None and not folder.is_dir():
+            raise IgcamError(f"{folder} is not a directory")
+    gt = (MaskFolder(config.gt) if config.gt is not None
+          else fmt.ground_truth(spec) if fmt is not None else None)
     if gt is None:
         raise IgcamError("no ground truth: give --gt DIR, or a dataset with ground-truth masks "
-                         "(e.g. --voc ROOT with SegmentationClass/)")
-    for folder in (gt, config.pred or config.cams):
-        if not folder.is_dir():
-            raise IgcamError(f"{folder} is not a directory")
+                         "(e.g. --voc ROOT with SegmentationClass/, or --coco FILE)")
     names = ["background", *class_names(spec)]
     n = len(names)
     thresholds = parse_thresholds(config.thresholds) if config.cams is not None else [0.0]
     ids = _ids(config, gt, fmt, spec)
-    work = functools.partial(_image_confusions, config=config, gt_dir=gt, n=n,
-                             thresholds=thresholds)
     total = [np.zeros((n, n + 2), dtype=np.int64) for _ in thresholds]
     problems: list[str] = []
     if config.workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(config.workers)
-        results = pool.imap(work, ids, chunksize=4)
+        pool = multiprocessing.get_context("spawn").Pool(
+            config.workers, _start_worker, (config, gt, n, thresholds))
+        results = pool.imap(_worker_confusions, ids, chunksize=4)
     else:
-        pool, results = None, map(work, ids)
+        pool = None
+        results = map(functools.partial(_image_confusions, config=config, truth=gt, n=n,
+                                        thresholds=thresholds), ids)
     try:
         for matrices, problem in track(results, len(ids), "eval"):
             for acc, matrix in zip(total, matrices, strict=True):
@@ -189,7 +214,7 @@ def evaluate(config: EvalConfig) -> dict:
     if config.out is not None:
         # The report is the eval step's manifest: config, versions and scores in one file.
         record = StepRecord("eval", jsonable(asdict(config)))
-        record.inputs = {"gt": str(gt)}
+        record.inputs = {"gt": gt.describe()}
         record.extra = {"report": report}
         record.save(ensure_dir(config.out.parent), filename=config.out.name)
     return report

@@ -33,13 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igcam_cli import hessian, options
+from igcam_cli import distributed, hessian, options
 from igcam_cli.artifacts import (
     MAPS_DIR,
     SCORES_FILE,
     SOLUTION_FILE,
     RunDir,
-    Shard,
     ensure_dir,
     fingerprint,
     read_torch,
@@ -324,7 +323,7 @@ def influence(config: InfluenceConfig) -> Path:
     if config.solver == "exact" and config.params != "head":
         raise IgcamError("--solver exact inverts the head's Hessian only; use --solver cg or "
                          "lissa with --params layer4|all")
-    shard = Shard.parse(config.shard)
+    shard = distributed.shard(config.shard)
     checkpoint = config.classifier()
     device = resolve_device(config.device)
     model, payload = load_classifier(checkpoint, device)

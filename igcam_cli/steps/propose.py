@@ -32,10 +32,9 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from igcam_cli import options
+from igcam_cli import distributed, options
 from igcam_cli.artifacts import (
     RunDir,
-    Shard,
     fingerprint,
     read_proposals,
     write_proposals,
@@ -144,7 +143,7 @@ def propose(config: ProposeConfig) -> Path:
     """Write one proposal file per image; finished images are skipped unless ``overwrite``."""
     options.check(config)
     _import_cv2()
-    shard = Shard.parse(config.shard)
+    shard = distributed.shard(config.shard)
     step = ImageStep("propose", config.out or RunDir(config.run).step("propose"), config,
                      shard)
     dataset = load_dataset(config.dataset, strict=config.strict)

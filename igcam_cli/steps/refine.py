@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from igcam_cli import options
-from igcam_cli.artifacts import RunDir, Shard, ensure_dir, read_cam, write_cam
+from igcam_cli import distributed, options
+from igcam_cli.artifacts import RunDir, ensure_dir, read_cam, write_cam
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import save_label_map
@@ -105,12 +105,19 @@ class _RefineImage:
         return {**self.__dict__, "chain": None}  # networks are not shipped to workers
 
 
+def default_out(run: RunDir, method: str) -> Path:
+    """``RUN/refine`` for the default method, ``RUN/refine-<method>`` for any other, so that
+    one run directory holds every refiner's masks side by side."""
+    folder = run.step("refine")
+    return folder if method == DEFAULT_METHOD else folder.with_name(f"refine-{method}")
+
+
 def refine(config: RefineConfig) -> Path:
     """Write one palette PNG per CAM file."""
     options.check(config)
     if config.bg_threshold is not None and config.bg_threshold >= config.threshold:
         raise IgcamError("--bg-threshold must be below --threshold")
-    shard = Shard.parse(config.shard)
+    shard = distributed.shard(config.shard)
     names = parse_refiners(config.method)
     run = RunDir(config.run)
     cams = config.cams or run.step("cam")
@@ -122,10 +129,7 @@ def refine(config: RefineConfig) -> Path:
     for stage in chain.stages:
         stage.check()
     used = {stage.name: stage.options for stage in chain.stages}
-    default_out = run.step("refine")
-    if config.method != DEFAULT_METHOD:
-        default_out = default_out.with_name(f"refine-{config.method}")
-    step = ImageStep("refine", config.out or default_out,
+    step = ImageStep("refine", config.out or default_out(run, config.method),
                      replace(config, method_options=used), shard)
     # Each CAM file stands in for its image: the sample's path is the .npz itself.
     samples = step.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])

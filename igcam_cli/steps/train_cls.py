@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from rich.progress import TextColumn
+from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from igcam_cli import options
+from igcam_cli import distributed, options
 from igcam_cli.artifacts import (
     CLASSIFIER_FILE,
     RunDir,
@@ -42,7 +43,8 @@ from igcam_cli.artifacts import (
     write_torch,
 )
 from igcam_cli.backbones import default_lr
-from igcam_cli.datasets import Sample, load_dataset, multi_hot
+from igcam_cli.datasets import Dataset, Sample, load_dataset, multi_hot
+from igcam_cli.distributed import World
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.metrics import mean_average_precision
@@ -60,6 +62,7 @@ from igcam_cli.runner import (
     trained_already,
 )
 from igcam_cli.training import stage_class
+from igcam_cli.training.base import TrainingStage
 from igcam_cli.transforms import to_tensor, train_augment
 
 # Options that change how training runs, not the classifier it ends with.
@@ -127,25 +130,53 @@ def auto_epochs(num_images: int) -> int:
 
 
 class _EpochSampler(Sampler):
-    """One epoch's shuffled indices, each paired with the epoch's number.
+    """One epoch's shuffled indices for this process, each paired with the epoch's number.
 
     The order comes from the run's seed and the epoch alone, and the epoch travels with every
     index to the loader's workers (persistent workers hold copies of the dataset made in the
     first epoch, so a counter set on the dataset would never reach them): the batches and their
     augmentations are the same whatever ``--loader-workers`` is, and a resumed run continues
     exactly where the uninterrupted one would be.
+
+    Under torchrun it is the DistributedSampler: the epoch's order is cut to whole global
+    batches, and process ``rank`` of ``world`` takes every ``world``-th index of it. Its
+    ``batch / world`` consecutive indices are then its share of the one process's global batch,
+    so the processes' batches together are that batch, step by step, and every process has the
+    same number of steps.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, batch: int, world: World) -> None:
+        self.size, self.seed, self.epoch, self.world = size, seed, 0, world
+        self.used = size // batch * batch  # the last, incomplete batch is dropped
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.used // self.world.size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         state = np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0]
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state)))
-        return ((self.epoch, index) for index in order.tolist())
+        mine = order[:self.used][self.world.rank::self.world.size]
+        return ((self.epoch, index) for index in mine.tolist())
+
+
+class _StageLoss(nn.Module):
+    """One batch's logits and loss under the stage's recipe, as a module's forward.
+
+    DistributedDataParallel averages the gradients of what runs inside its ``forward``; the
+    stages call the CamNet's own methods (``features``, ``logits``, ``cam``), so the whole
+    loss runs here, and the stage (with a frozen SupportNet, say) stays outside the module.
+    """
+
+    def __init__(self, stage: TrainingStage, model: CamNet) -> None:
+        super().__init__()
+        self.stage, self.model = stage, model
+
+    def forward(self, batch: torch.Tensor, target: torch.Tensor,
+                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.stage.loss(self.model, batch, target, weight)
 
 
 class _TrainImages(TorchDataset):
@@ -179,8 +210,15 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def train_cls(config: TrainConfig) -> Path:
-    """Train (or resume) the classifier; returns the path of the final checkpoint."""
+    """Train (or resume) the classifier; returns the path of the final checkpoint.
+
+    Under torchrun (:mod:`igcam_cli.distributed`) every process trains one copy of the
+    network with DistributedDataParallel on its share of each global batch; rank 0 alone
+    writes the files and the others wait for it.
+    """
     options.check(config)
+    world = distributed.world()
+    world.per_rank_batch(config.batch_size)  # before the data is read: a wrong split fails fast
     stage = stage_class(config.stage)(config, config.stage_options.get(config.stage))
     out = ensure_dir(RunDir(config.run).train_cls(stage.folder))
     remove_stale_temps(out)
@@ -199,21 +237,39 @@ def train_cls(config: TrainConfig) -> Path:
     if not samples:
         raise IgcamError("train-cls needs images with labels; none found in the dataset")
     epochs = config.epochs or auto_epochs(len(samples))
+    batch_size = min(config.batch_size, len(samples))
+    if batch_size % world.size:
+        raise IgcamError(f"the batch is {batch_size}, the number of training images (--batch-"
+                         f"size {config.batch_size} is more), which does not divide by the "
+                         f"{world.size} processes: pass a --batch-size that does")
     device = resolve_device(config.device)
+    if world.launched and device.type == "cuda" and device.index != world.local_rank:
+        raise IgcamError(f"--device {config.device}: under torchrun each process trains on its "
+                         "own GPU (cuda:LOCAL_RANK); use --device auto or cuda")
+    with world.joined(device):
+        return _train(config, stage, record, out, dataset, samples, epochs, batch_size,
+                      device, world)
+
+
+def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: Path,
+           dataset: Dataset, samples: list[Sample], epochs: int, batch_size: int,
+           device: torch.device, world: World) -> Path:
+    """The training itself, in every process of a torchrun job; ``train_cls``'s second half."""
+    final = out / CLASSIFIER_FILE
     torch.manual_seed(config.seed)
     start = stage.start(samples, dataset.class_names, record)
     config = replace(config, backbone=start.backbone)  # a fine-tuned checkpoint decides
     model = start.model.to(device).to(memory_format=torch.channels_last)
     stage.prepare(model)
+    world.seed(config.seed)
     lr = config.lr if config.lr is not None else default_lr(config.backbone) * stage.lr_factor
     optimizer = torch.optim.SGD(
         model.param_groups(lr, config.head_lr_mult, config.weight_decay), momentum=0.9)
     images = _TrainImages(samples, dataset.num_classes, config.crop, config.seed,
                           fill=tuple(model.backbone.mean), weights=start.sample_weights)
-    batch_size = min(config.batch_size, len(samples))
-    sampler = _EpochSampler(len(images), config.seed)
+    sampler = _EpochSampler(len(images), config.seed, batch_size, world)
     # Its own generator, for the workers' seeds: the global one drives stochastic depth.
-    loader = DataLoader(images, batch_size=batch_size, sampler=sampler, drop_last=True,
+    loader = DataLoader(images, batch_size=world.per_rank_batch(batch_size), sampler=sampler,
                         num_workers=config.loader_workers, pin_memory=device.type == "cuda",
                         persistent_workers=config.loader_workers > 0,
                         generator=torch.Generator().manual_seed(config.seed))
@@ -222,9 +278,10 @@ def train_cls(config: TrainConfig) -> Path:
     history: list[dict] = []
     start_epoch = 0
     existing = _checkpoints(out)
+    world.barrier()  # every process has chosen its checkpoint before rank 0 writes the next
+    say = console.print if world.is_main else _quiet
     if existing and not config.resume:
-        console.print(f"train-cls: starting over; pass --resume to continue from "
-                      f"{existing[-1].name}")
+        say(f"train-cls: starting over; pass --resume to continue from {existing[-1].name}")
     if config.resume and existing:
         state = read_torch(existing[-1], "epoch checkpoint")
         try:
@@ -232,27 +289,30 @@ def train_cls(config: TrainConfig) -> Path:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             loader.generator.set_state(state["loader_rng"])
-            torch.set_rng_state(state["torch_rng"])  # stochastic depth draws from it
+            _restore_rng(state, config.seed, world)
             history, start_epoch = state["history"], state["epoch"]
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise IgcamError(f"epoch checkpoint {existing[-1]} is damaged or from another "
                              f"run ({type(exc).__name__}); delete it to resume from the one "
                              "before") from None
-        console.print(f"train-cls: resuming after epoch {start_epoch} from {existing[-1].name}")
+        say(f"train-cls: resuming after epoch {start_epoch} from {existing[-1].name}")
     record.inputs = {"dataset": config.dataset.describe(), "num_images": len(samples),
                      "images_fingerprint": fingerprint(s.id for s in samples),
                      "class_names": list(dataset.class_names)}
+    record.extra["processes"] = world.size
     model.train()
-    with progress_bar(TextColumn("loss {task.fields[loss]:.4f}")) as bar:
+    step = world.wrap(_StageLoss(stage, model), device)
+    with progress_bar(TextColumn("loss {task.fields[loss]:.4f}"),
+                      disable=not world.is_main) as bar:
         task = bar.add_task("train-cls", total=total_steps, loss=float("nan"),
                             completed=start_epoch * len(loader))
         for epoch in range(start_epoch, epochs):
-            sampler.epoch = epoch
+            sampler.set_epoch(epoch)
             started, losses, scores, targets = time.perf_counter(), [], [], []
             for batch, target, weight in loader:
                 batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
                 target = target.to(device, non_blocking=True)
-                logits, loss = stage.loss(model, batch, target, weight.to(device))
+                logits, loss = step(batch, target, weight.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -261,13 +321,25 @@ def train_cls(config: TrainConfig) -> Path:
                 scores.append(logits.detach().float().cpu().numpy())
                 targets.append(target.cpu().numpy())
                 bar.update(task, advance=1, loss=float(np.mean(losses[-20:])))
-            train_map = mean_average_precision(np.concatenate(scores), np.concatenate(targets))
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                            "train_map": train_map, "lr": scheduler.get_last_lr()[0],
+            # The epoch's loss and mAP over every process's images, not rank 0's share.
+            shares = world.gather((float(np.mean(losses)), np.concatenate(scores),
+                                   np.concatenate(targets)))
+            epoch_scores = np.concatenate([s[1] for s in shares])
+            train_map = mean_average_precision(epoch_scores,
+                                               np.concatenate([s[2] for s in shares]))
+            history.append({"epoch": epoch + 1, "loss": float(np.mean([s[0] for s in shares])),
+                            "train_map": train_map, "images": len(epoch_scores),
+                            "lr": scheduler.get_last_lr()[0],
                             "seconds": round(time.perf_counter() - started, 2)})
-            _save_epoch(out, model, optimizer, scheduler, loader, config, dataset.class_names,
-                        history)
-            write_json(out / "metrics.json", history)
+            rngs = world.gather(torch.get_rng_state())
+            if world.is_main:
+                _save_epoch(out, model, optimizer, scheduler, loader, config,
+                            dataset.class_names, history, rngs)
+                write_json(out / "metrics.json", history)
+            world.barrier()
+    if not world.is_main:
+        world.barrier()  # until rank 0 has written the classifier and the manifest
+        return final
     payload = save_checkpoint_payload(model, config.backbone, dataset.class_names,
                                       history=history)
     write_torch(final, payload)
@@ -281,18 +353,37 @@ def train_cls(config: TrainConfig) -> Path:
                   f"train mAP {last['train_map']:.3f}, {record.counts.get('failed', 0)} images "
                   f"failed -> {final}")
     summarise_warnings(record, manifest)
+    world.barrier()
     return final
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    """``console.print`` of the processes other than rank 0, which would repeat its lines."""
+
+
+def _restore_rng(state: dict, seed: int, world: World) -> None:
+    """The global generator (stochastic depth draws from it) where the interrupted run left
+    it: each process's own under torchrun; resumed with another number of processes, rank 0
+    takes the saved stream and the others start theirs afresh."""
+    streams = state.get("rank_rngs") or [state["torch_rng"]]
+    if len(streams) == world.size:
+        torch.set_rng_state(streams[world.rank])
+    else:
+        torch.set_rng_state(state["torch_rng"])
+        world.seed(seed)
 
 
 def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
-                config: TrainConfig, class_names: tuple[str, ...], history: list[dict]) -> None:
+                config: TrainConfig, class_names: tuple[str, ...], history: list[dict],
+                rngs: list[torch.Tensor]) -> None:
+    """An epoch checkpoint; ``rngs`` are every process's generator states, rank 0's first."""
     epoch = history[-1]["epoch"]
+    extra = {"rank_rngs": rngs} if len(rngs) > 1 else {}
     payload = save_checkpoint_payload(
         model, config.backbone, class_names, optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(), loader_rng=loader.generator.get_state(),
-        torch_rng=torch.get_rng_state(),
-        history=history, epoch=epoch)
+        torch_rng=rngs[0], history=history, epoch=epoch, **extra)
     write_torch(out / f"epoch-{epoch:03d}.pt", payload)
     for old in _checkpoints(out)[:-max(config.keep_checkpoints, 1)]:
         old.unlink(missing_ok=True)
