@@ -214,7 +214,8 @@ def write_cam(path: Path, classes: np.ndarray, cams: np.ndarray, scores: np.ndar
               image: Path) -> Path:
     """A CAM file: ``classes`` int16 (K,), ``cams`` float16 (K, H, W) max-normalised,
     ``scores`` float32 (C,) class probabilities, ``image`` the source photo's path."""
-    return write_npz(path, classes=classes.astype(np.int16), cams=cams.astype(np.float16),
+    return write_npz(path, classes=classes.astype(np.int16),
+                     cams=cams.astype(np.float16, copy=False),
                      scores=scores.astype(np.float32), image=np.array(str(image.resolve())))
 
 
@@ -279,7 +280,7 @@ def write_prototypes(folder: Path, tensors: dict[str, Any]) -> Path:
 def write_influence_map(path: Path, classes: list[int], maps: np.ndarray) -> Path:
     """A spatial influence map: ``classes`` int16 (K,), ``maps`` float16 (K, H, W) in [0, 1]."""
     return write_npz(path, classes=np.array(classes, dtype=np.int16),
-                     maps=maps.astype(np.float16))
+                     maps=maps.astype(np.float16, copy=False))
 
 
 def write_scores(path: Path, rows: Iterable[tuple[str, str, float, float | None]]) -> Path:

@@ -206,6 +206,9 @@ def _main(version: Annotated[bool, typer.Option(
     """Pixel-level pseudo-masks from image-level labels."""
 
 
+INTERRUPTED = 130  # the exit status of a step stopped by Ctrl-C (128 + SIGINT)
+
+
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit status 2."""
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
@@ -229,7 +232,8 @@ def main() -> None:
                       soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, Abort):
+        code = INTERRUPTED
+    if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code rather than raising it
         console.print("interrupted: finished files are kept; rerun the same command to resume")
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -116,6 +116,17 @@ def workers(default: int = 1) -> Any:
     return option(default, "Worker processes for CPU-bound work.", min=1)
 
 
+# Threads of --io-workers: on the 2-core development machine 2 gave the most CAM files per
+# second of the values tried (bench/cam_io.py, bench/RESULTS.md).
+DEFAULT_IO_WORKERS = 2
+
+
+def io_workers() -> Any:
+    return option(DEFAULT_IO_WORKERS, "Threads that decode images ahead of the main thread's "
+                  "work and compress and write outputs behind it (0: everything on the main "
+                  "thread, one image after the other).", min=0)
+
+
 def checkpoint() -> Any:
     return option(None, "Classifier checkpoint (default RUN/train-cls/classifier.pt).")
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import multiprocessing
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +41,8 @@ from igcam_cli.errors import IgcamError, ImageProblem, console
 from igcam_cli.images import read_image
 
 T = TypeVar("T")
+L = TypeVar("L")  # what an ImageWork loads
+R = TypeVar("R")  # what it computes
 
 
 def progress_bar(*extra_columns: TextColumn, disable: bool = False) -> Progress:
@@ -142,47 +148,137 @@ def readable(samples: Iterable[Sample], record: StepRecord, strict: bool
         yield sample, image
 
 
-def _guarded(job: tuple[Callable[[Sample], None], Sample]) -> str | None:
-    """Run one image; a per-image problem comes back as its message instead of raising."""
-    fn, sample = job
+@dataclass(frozen=True)
+class ImageWork(Generic[L, R]):
+    """One image's work in three parts, so that the runner can overlap them across images.
+
+    ``load`` decodes (CPU: on a prefetch thread, images ahead of the network), ``compute``
+    does the image's work (on the main thread, in image order: the network and anything that
+    must not run twice at once) and ``write`` saves its result (compression and file I/O: on
+    a writer thread, behind the network). An :class:`ImageProblem` from any part, or an
+    ``OSError`` from ``write``, is that image's problem. With ``--workers`` processes the
+    three run in a row in a worker, so there they must be picklable (module-level functions,
+    their partials, or methods of a picklable object).
+    """
+
+    load: Callable[[Sample], L]
+    compute: Callable[[Sample, L], R]
+    write: Callable[[Sample, R], None]
+
+
+def read_sample(sample: Sample) -> np.ndarray:
+    """The ``load`` of steps that want the decoded photo (RGB uint8) and nothing else."""
+    return read_image(sample.image)
+
+
+def _written(work: ImageWork, sample: Sample, result: Any) -> str | None:
+    """Write one result; a problem comes back as its message (an OSError, a full disk or a
+    vanished folder, is that image's failure: warned, or fatal under --strict)."""
     try:
-        fn(sample)
+        work.write(sample, result)
     except ImageProblem as problem:
         return str(problem)
+    except OSError as exc:
+        return f"{sample.image}: output not written ({exc.strerror or exc})"
     return None
 
 
-def run_per_image(samples: list[Sample], fn: Callable[[Sample], None],
-                  output: Callable[[Sample], Path], record: StepRecord, *,
-                  overwrite: bool, strict: bool, workers: int, description: str) -> None:
-    """Apply ``fn`` to every sample whose ``output`` file is missing (or all with overwrite).
+def _guarded(job: tuple[ImageWork, Sample]) -> str | None:
+    """Run one image's three parts in a row; a per-image problem comes back as its message."""
+    work, sample = job
+    try:
+        result = work.compute(sample, work.load(sample))
+    except ImageProblem as problem:
+        return str(problem)
+    return _written(work, sample, result)
 
-    ``fn`` writes its own artifact atomically. With ``workers > 1`` it runs in a process pool,
-    so it must be picklable (a module-level function or a ``functools.partial`` of one).
+
+def _outcome(entry: Future | str) -> str | None:
+    """A finished image's message (None: written); a writer's unexpected error raises here."""
+    return entry if isinstance(entry, str) else entry.result()
+
+
+def _overlapped(todo: list[Sample], work: ImageWork, io_workers: int) -> Iterator[str | None]:
+    """Each image's outcome, in image order, with loads ahead and writes behind ``compute``.
+
+    ``io_workers`` threads decode at most ``2 * io_workers`` images ahead and as many write
+    results behind, so memory does not grow with the number of images; decoding, zlib and
+    file I/O release the GIL, so they run beside the main thread's network. On any exception
+    (a fatal problem, Ctrl-C, a bug) or when the consumer stops, loads and writes not yet
+    started are dropped and running ones finish: every output is whole (atomic writes), no
+    thread outlives the step, and the images not written are redone by the next run.
+    """
+    depth = 2 * io_workers
+    loaders = ThreadPoolExecutor(io_workers, thread_name_prefix="igcam-load")
+    writers = ThreadPoolExecutor(io_workers, thread_name_prefix="igcam-write")
+    queued = iter(todo)
+    loading: deque[tuple[Sample, Future]] = deque()
+    writing: deque[Future | str] = deque()  # a message: the image failed before its write
+
+    def load_ahead() -> None:
+        for sample in itertools.islice(queued, depth - len(loading)):
+            loading.append((sample, loaders.submit(work.load, sample)))
+
+    try:
+        load_ahead()
+        while loading:
+            sample, loaded = loading.popleft()
+            load_ahead()
+            try:
+                result = work.compute(sample, loaded.result())
+            except ImageProblem as problem:
+                writing.append(str(problem))
+            else:
+                writing.append(writers.submit(_written, work, sample, result))
+            while writing and (len(writing) > depth or isinstance(writing[0], str)
+                               or writing[0].done()):
+                yield _outcome(writing.popleft())
+        while writing:
+            yield _outcome(writing.popleft())
+    finally:
+        loaders.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)
+
+
+def run_per_image(samples: list[Sample], work: ImageWork, output: Callable[[Sample], Path],
+                  record: StepRecord, *, overwrite: bool, strict: bool, workers: int,
+                  io_workers: int, description: str) -> None:
+    """Run ``work`` on every sample whose ``output`` file is missing (or all with overwrite).
+
+    ``work.write`` writes its artifact atomically. With ``workers > 1`` each image runs in a
+    spawned process (CPU-bound work in Python: DenseCRF, selective search); else loads and
+    writes overlap the main thread's ``compute`` on ``io_workers`` threads (0: everything on
+    the main thread, one image after the other). Outcomes are counted in image order.
     """
     todo = [s for s in samples if overwrite or not output(s).exists()]
     record.count("skipped_done", len(samples) - len(todo))
-    jobs = [(fn, s) for s in todo]
     if workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")
         with context.Pool(workers) as pool:
-            outcomes: Iterable[str | None] = pool.imap_unordered(_guarded, jobs, chunksize=1)
-            _collect(outcomes, len(jobs), record, strict, description)
+            outcomes: Iterable[str | None] = pool.imap_unordered(
+                _guarded, [(work, s) for s in todo], chunksize=1)
+            _collect(outcomes, len(todo), record, strict, description)
+    elif io_workers > 0:
+        with contextlib.closing(_overlapped(todo, work, io_workers)) as overlapped:
+            _collect(overlapped, len(todo), record, strict, description)
     else:
-        _collect(map(_guarded, jobs), len(jobs), record, strict, description)
+        _collect((_guarded((work, s)) for s in todo), len(todo), record, strict, description)
 
 
 def _collect(outcomes: Iterable[str | None], total: int, record: StepRecord, strict: bool,
              description: str) -> None:
-    for message in track(outcomes, total, description):
-        if message is None:
-            record.count("processed")
-        else:
-            warn(record, message, strict)
+    # Closed at once on an error, so the progress bar's refresh thread stops with the step.
+    with contextlib.closing(track(outcomes, total, description)) as tracked:
+        for message in tracked:
+            if message is None:
+                record.count("processed")
+            else:
+                warn(record, message, strict)
 
 
 # Options that change how a step runs but not what it writes.
-NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "workers", "device"})
+NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "workers",
+                              "io_workers", "device"})
 
 
 def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -229,11 +325,10 @@ class ImageStep:
     Prologue (the step parses ``--shard`` first, so a bad one fails before any work): create
     the output folder (checking it is writable), remove the
     temporary files a killed run left, start the manifest record with the config. Then
-    :meth:`run` the per-image function over the shard's samples (finished outputs skipped,
-    per-image problems warned and counted), and :meth:`finish` writes the manifest (one per
-    shard) and the one-line summary. ``propose``, ``cam``, ``refine`` and ``influence``'s maps
-    go through here, which is also where prefetching, background writes and rank-aware
-    sharding belong.
+    :meth:`run` the step's :class:`ImageWork` over the shard's samples (finished outputs
+    skipped, decoding ahead and writing behind the main thread, per-image problems warned and
+    counted), and :meth:`finish` writes the manifest (one per shard) and the one-line summary.
+    ``propose``, ``cam``, ``refine`` and ``influence``'s maps go through here.
     """
 
     def __init__(self, name: str, out: Path, config: Any, shard: Shard) -> None:
@@ -276,12 +371,15 @@ class ImageStep:
             if other is not None and other != recipe:
                 path.unlink(missing_ok=True)
 
-    def run(self, samples: list[Sample], fn: Callable[[Sample], None],
-            output: Callable[[Sample], Path], *, overwrite: bool, strict: bool,
-            workers: int = 1, description: str | None = None) -> None:
+    def run(self, samples: list[Sample], work: ImageWork, output: Callable[[Sample], Path], *,
+            overwrite: bool, strict: bool, workers: int = 1,
+            io_workers: int = options.DEFAULT_IO_WORKERS, description: str | None = None
+            ) -> None:
+        """:func:`run_per_image` over the shard's ``samples``, after the recipe check."""
         self.check_recipe(overwrite)
-        run_per_image(samples, fn, output, self.record, overwrite=overwrite, strict=strict,
-                      workers=workers, description=description or self.name)
+        run_per_image(samples, work, output, self.record, overwrite=overwrite, strict=strict,
+                      workers=workers, io_workers=io_workers,
+                      description=description or self.name)
 
     def finish(self, written: str = "written", extra: str = "") -> Path:
         """Save the manifest and print ``NAME: N written, M already done, K failed -> OUT``.

@@ -56,6 +56,7 @@ from igcam_cli.options import option
 from igcam_cli.runner import (
     ClassifierStepConfig,
     ImageStep,
+    ImageWork,
     console,
     readable,
     record_problems,
@@ -93,6 +94,7 @@ class InfluenceConfig(ClassifierStepConfig):
         True, "Write per-image spatial influence maps (used by cam --method igcam).")
     seed: int = option(0, "Seed for the Hessian samples.")
     device: str = options.device()
+    io_workers: int = options.io_workers()
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
@@ -369,16 +371,21 @@ def influence(config: InfluenceConfig) -> Path:
         maps_dir = ensure_dir(out / MAPS_DIR)
         remove_stale_temps(maps_dir)
 
-        def one(sample: Sample) -> None:
-            image = to_tensor(read_image(sample.image)).to(device)
-            classes = list(sample.labels or ())
-            maps = spatial_map(model, named, vector, image[None], classes)
+        def load(sample: Sample) -> torch.Tensor:
+            return to_tensor(read_image(sample.image))
+
+        def maps_of(sample: Sample, image: torch.Tensor) -> np.ndarray:
+            image = image.to(device)
+            maps = spatial_map(model, named, vector, image[None], list(sample.labels or ()))
             maps = resize(maps[None].float(), tuple(image.shape[1:]))[0]
             # A floor far below CAMs' 1e-5: influence magnitudes can be that small everywhere.
-            write_influence_map(maps_dir / f"{sample.id}.npz", classes,
-                                normalise(maps, floor=1e-12).cpu().numpy())
+            return normalise(maps, floor=1e-12).to(torch.float16).cpu().numpy()
 
-        step.run(step.select(samples), one, lambda s: maps_dir / f"{s.id}.npz",
-                 overwrite=config.overwrite, strict=config.strict,
+        def save(sample: Sample, maps: np.ndarray) -> None:
+            write_influence_map(maps_dir / f"{sample.id}.npz", list(sample.labels or ()), maps)
+
+        step.run(step.select(samples), ImageWork(load, maps_of, save),
+                 lambda s: maps_dir / f"{s.id}.npz", overwrite=config.overwrite,
+                 strict=config.strict, io_workers=config.io_workers,
                  description="influence: maps")
     return step.finish("maps written")

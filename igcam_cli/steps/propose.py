@@ -41,14 +41,15 @@ from igcam_cli.artifacts import (
 )
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
-from igcam_cli.images import read_image
 from igcam_cli.options import option
-from igcam_cli.runner import DataStepConfig, ImageStep
+from igcam_cli.runner import DataStepConfig, ImageStep, ImageWork, read_sample
 
 # --mode -> the SelectiveSearchSegmentation method that sets up its strategies.
 MODES = {"fast": "switchToSelectiveSearchFast", "quality": "switchToSelectiveSearchQuality",
          "single": "switchToSingleStrategy"}
 RANK_SEED = 0  # seed of the C rand() behind selective search's ranking
+# One image's proposals before they are written: boxes, scores, the image's (H, W).
+Proposals = tuple[np.ndarray, np.ndarray, tuple[int, int]]
 NEEDS_CONTRIB = ("propose needs opencv-contrib-python-headless (cv2.ximgproc); plain "
                  "opencv-python hides it: pip uninstall opencv-python opencv-python-headless "
                  "&& pip install opencv-contrib-python-headless")
@@ -74,6 +75,7 @@ class ProposeConfig(DataStepConfig):
              "than this IoU (1 keeps all).", above=0, max=1)
     top: int = option(300, "Boxes kept per image, best-ranked first.", min=1)
     workers: int = options.workers()
+    io_workers: int = options.io_workers()
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
@@ -126,11 +128,15 @@ def proposals(image: np.ndarray, config: ProposeConfig) -> tuple[np.ndarray, np.
     return boxes[kept].astype(np.int32), scores[kept].astype(np.float32)
 
 
-def propose_one(sample: Sample, config: ProposeConfig, out: Path) -> None:
-    """Write one image's proposals (module level so worker processes can run it)."""
-    image = read_image(sample.image)
+def propose_image(sample: Sample, image: np.ndarray, config: ProposeConfig) -> Proposals:
+    """One image's proposals and its (H, W) (module level so worker processes can run it)."""
     boxes, scores = proposals(image, config)
-    write_proposals(out / f"{sample.id}.npz", boxes, scores, sample.image, image.shape[:2])
+    return boxes, scores, image.shape[:2]
+
+
+def write_image_proposals(sample: Sample, result: Proposals, out: Path) -> None:
+    boxes, scores, size = result
+    write_proposals(out / f"{sample.id}.npz", boxes, scores, sample.image, size)
 
 
 def propose(config: ProposeConfig) -> Path:
@@ -146,9 +152,10 @@ def propose(config: ProposeConfig) -> Path:
     step.record.inputs = {"dataset": config.dataset.describe(),
                           "images_fingerprint": fingerprint(s.id for s in samples)}
     out = step.out
-    step.run(samples, functools.partial(propose_one, config=config, out=out),
-             lambda s: out / f"{s.id}.npz", overwrite=config.overwrite, strict=config.strict,
-             workers=config.workers)
+    work = ImageWork(read_sample, functools.partial(propose_image, config=config),
+                     functools.partial(write_image_proposals, out=out))
+    step.run(samples, work, lambda s: out / f"{s.id}.npz", overwrite=config.overwrite,
+             strict=config.strict, workers=config.workers, io_workers=config.io_workers)
     done = [out / f"{s.id}.npz" for s in samples if (out / f"{s.id}.npz").is_file()]
     mean_boxes = float(np.mean([len(read_proposals(p)["boxes"]) for p in done])) if done else 0.0
     step.record.extra["boxes_per_image"] = round(mean_boxes, 1)

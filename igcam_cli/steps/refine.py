@@ -25,7 +25,7 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.images import save_label_map
 from igcam_cli.options import option
 from igcam_cli.refiners import Maps, RefineChain, RefineContext, parse_refiners, refiner_help
-from igcam_cli.runner import ImageStep, resolve_device
+from igcam_cli.runner import ImageStep, ImageWork, resolve_device
 
 # The seed sweep's best on real photos: 0.25-0.30 on voc-real (302 images, EfficientNet-Lite0),
 # 0.30-0.35 on coco128-voc (bench/RESULTS.md); IRN's 0.15 lost 2 points on both.
@@ -57,6 +57,7 @@ class RefineConfig:
                "`igcam eval --cams` to sweep their threshold.")
     device: str = options.device()
     workers: int = options.workers()
+    io_workers: int = options.io_workers()
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
@@ -66,8 +67,9 @@ class RefineConfig:
 
 @dataclass
 class _RefineImage:
-    """One image's work, picklable so that ``--workers`` processes can run it; each process
-    builds the chain (and loads its networks) once, on first use."""
+    """One image's work (read the CAM file, refine, write the mask), picklable so that
+    ``--workers`` processes can run it; each process builds the chain (and loads its
+    networks) on first use."""
 
     names: list[str]
     context: RefineContext
@@ -77,18 +79,26 @@ class _RefineImage:
     scores: Path | None
     chain: RefineChain | None = None
 
-    def __call__(self, sample: Sample) -> None:
+    def load(self, sample: Sample) -> tuple[Maps, np.ndarray]:
+        """The CAM file's maps and its class probabilities (kept for --save-scores)."""
+        data = read_cam(sample.image)
+        return Maps(data["cams"].astype(np.float32), data["classes"].astype(np.int64),
+                    Path(str(data["image"]))), data["scores"]
+
+    def compute(self, sample: Sample, loaded: tuple[Maps, np.ndarray]
+                ) -> tuple[Maps, np.ndarray]:
         if self.chain is None:
             self.chain = RefineChain(self.names, self.context, self.method_options)
             for stage in self.chain.stages:
                 stage.setup()
-        data = read_cam(sample.image)
-        maps = Maps(data["cams"].astype(np.float32), data["classes"].astype(np.int64),
-                    Path(str(data["image"])))
-        maps = self.chain(maps, self.bg_threshold)
+        maps, scores = loaded
+        return self.chain(maps, self.bg_threshold), scores
+
+    def write(self, sample: Sample, result: tuple[Maps, np.ndarray]) -> None:
+        maps, scores = result
         if self.scores is not None:
             write_cam(self.scores / f"{sample.id}.npz", maps.classes,
-                      maps.cams.astype(np.float16), data["scores"], maps.image)
+                      maps.cams.astype(np.float16), scores, maps.image)
         save_label_map(self.out / f"{sample.id}.png", maps.labels)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -127,6 +137,8 @@ def refine(config: RefineConfig) -> Path:
     scores = ensure_dir(step.out / "scores") if config.save_scores else None
     one = _RefineImage(names, context, used, config.bg_threshold, step.out, scores,
                        chain if chain.in_process else None)
-    step.run(samples, one, lambda s: step.out / f"{s.id}.png", overwrite=config.overwrite,
-             strict=config.strict, workers=1 if chain.in_process else config.workers)
+    step.run(samples, ImageWork(one.load, one.compute, one.write),
+             lambda s: step.out / f"{s.id}.png", overwrite=config.overwrite,
+             strict=config.strict, workers=1 if chain.in_process else config.workers,
+             io_workers=config.io_workers)
     return step.finish("masks written")

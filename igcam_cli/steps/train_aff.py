@@ -57,6 +57,7 @@ from igcam_cli.options import option
 from igcam_cli.refiners.base import Maps
 from igcam_cli.refiners.crf import CrfOptions, crf_labels, import_crf
 from igcam_cli.runner import (
+    ImageWork,
     console,
     progress_bar,
     recipe_of,
@@ -109,11 +110,16 @@ class _Targets:
     config: AffinityConfig
     out: Path
 
-    def __call__(self, sample: Sample) -> None:
+    def load(self, sample: Sample) -> Maps:
         data = read_cam(sample.image)
-        maps = Maps(data["cams"].astype(np.float32), data["classes"].astype(np.int64),
+        return Maps(data["cams"].astype(np.float32), data["classes"].astype(np.int64),
                     Path(str(data["image"])))
-        save_label_map(self.out / f"{sample.id}.png", target_labels(maps, self.config))
+
+    def compute(self, sample: Sample, maps: Maps) -> np.ndarray:
+        return target_labels(maps, self.config)
+
+    def write(self, sample: Sample, labels: np.ndarray) -> None:
+        save_label_map(self.out / f"{sample.id}.png", labels)
 
 
 def target_labels(maps: Maps, config: AffinityConfig) -> np.ndarray:
@@ -197,9 +203,11 @@ def train_aff(config: AffinityConfig) -> Path:
     labels_dir = ensure_dir(out / LABELS_DIR)
     remove_stale_temps(labels_dir)
     samples = [Sample(p.stem, p) for p in files]
-    run_per_image(samples, _Targets(config, labels_dir), lambda s: labels_dir / f"{s.id}.png",
-                  record, overwrite=False, strict=config.strict, workers=config.workers,
-                  description="train-aff targets")
+    targets = _Targets(config, labels_dir)
+    run_per_image(samples, ImageWork(targets.load, targets.compute, targets.write),
+                  lambda s: labels_dir / f"{s.id}.png", record, overwrite=False,
+                  strict=config.strict, workers=config.workers,
+                  io_workers=options.DEFAULT_IO_WORKERS, description="train-aff targets")
     samples = [s for s in samples if (labels_dir / f"{s.id}.png").exists()]
     if not samples:
         raise IgcamError("train-aff: no image got targets")
