@@ -86,7 +86,8 @@ class TrainConfig(DataStepConfig):
              "[0.625, 1.25] x crop.", min=32)
     lr: float | None = option(
         None, "Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
-              "EfficientNet-Lite; a tenth of that in stages 2 and self-sup.")
+              "EfficientNet-Lite0, 0.002 for Lite1 and Lite2; a tenth of that in stages 2 and "
+              "self-sup.")
     head_lr_mult: float = option(10.0, "Classifier lr multiplier.")
     weight_decay: float = option(1e-4, "SGD weight decay.")
     loader_workers: int = option(2, "Data-loading processes.", min=0)
