@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,20 @@ def test_train_aff_bad_inputs(cam_run: Path, tmp_path: Path) -> None:
                           "--device", "cpu"), "does not fit its backbone")
     _one_line_error(igcam("refine", "--run", cam_run, "--method", "rw", "--rw-checkpoint",
                           tmp_path / "missing.pt", "--device", "cpu"), "not found")
+
+
+def test_run_takes_crf_s_threshold_from_the_walked_maps(tiny_voc: Path, tmp_path: Path) -> None:
+    """The default chain rw+crf with ground truth: the walk first, its maps swept, DenseCRF on
+    those maps at the sweep's best threshold."""
+    run = tmp_path / "run"
+    result = igcam("run", "--run", run, "--voc", tiny_voc, "--epochs", "1", "--crop", "64",
+                   "--batch-size", "8", "--scales", "1.0", "--device", "cpu", "--vis", "0")
+    assert result.returncode == 0, result.stderr
+    walk = json.loads((run / "eval" / "walk.json").read_text())["report"]
+    assert walk["threshold"] == float(max(walk["sweep"], key=walk["sweep"].get))
+    masks = json.loads((run / "refine-rw+crf" / "manifest.json").read_text())["config"]
+    assert masks["method"] == "crf" and masks["threshold"] == walk["threshold"]
+    assert Path(masks["cams"]) == run / "refine-rw" / "scores"
+    assert (run / "train-aff" / "affinity.pt").is_file()
+    mask = json.loads((run / "eval" / "mask.json").read_text())
+    assert f"threshold {walk['threshold']}" in mask["config"]["name"]
