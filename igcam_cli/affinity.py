@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igcam_cli.artifacts import read_torch
+from igcam_cli.artifacts import read_checkpoint
 from igcam_cli.backbones import Backbone, build_backbone
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import IGNORE
@@ -228,11 +228,7 @@ def affinity_payload(net: BoundaryNet, backbone: str, classifier_sha256: str,
 
 def load_boundary_net(path: Path, device: torch.device) -> tuple[BoundaryNet, dict]:
     """Rebuild a trained boundary network from an igcam affinity checkpoint."""
-    if not path.is_file():
-        raise IgcamError(f"affinity checkpoint {path} not found (run `igcam train-aff` first)")
-    payload = read_torch(path, "affinity checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != AFFINITY_FORMAT:
-        raise IgcamError(f"{path} is not an igcam affinity checkpoint (train-aff writes them)")
+    payload = read_checkpoint(path, AFFINITY_FORMAT, "affinity checkpoint", "train-aff")
     try:
         net = BoundaryNet(build_backbone(payload["backbone"], pretrained=False))
         net.load_state_dict(payload["model"])

@@ -340,6 +340,17 @@ def read_torch(path: Path, what: str) -> Any:
         raise IgcamError(f"{what} {path} cannot be loaded: {reason}") from None
 
 
+def read_checkpoint(path: Path, fmt: str, what: str, made_by: str) -> dict:
+    """A checkpoint dict whose ``format`` is ``fmt``; a missing file, an unreadable one or one
+    of another kind is a one-line error saying which step (``made_by``) writes it."""
+    if not path.is_file():
+        raise IgcamError(f"{what} {path} not found (run `igcam {made_by}` first)")
+    payload = read_torch(path, what)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise IgcamError(f"{path} is not an igcam {what} ({made_by} writes them)")
+    return payload
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

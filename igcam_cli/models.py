@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from igcam_cli.artifacts import read_torch
+from igcam_cli.artifacts import read_checkpoint
 from igcam_cli.backbones import Backbone, build_backbone
 from igcam_cli.errors import IgcamError
 
@@ -152,11 +152,7 @@ def save_checkpoint_payload(model: CamNet, backbone: str, class_names: tuple[str
 
 def load_classifier(path: Path, device: torch.device) -> tuple[CamNet, dict]:
     """Rebuild a trained classifier from an igcam checkpoint without unpickling code."""
-    if not path.is_file():
-        raise IgcamError(f"checkpoint {path} not found (run `igcam train-cls` first)")
-    payload = read_torch(path, "checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise IgcamError(f"{path} is not an igcam classifier checkpoint")
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT, "classifier checkpoint", "train-cls")
     try:
         backbone = build_backbone(payload["backbone"], pretrained=False)
         # Checkpoints written before the FPN neck existed have no "fpn_channels": plain models.

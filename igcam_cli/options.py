@@ -11,6 +11,7 @@ is flattened into its fields' options (``DatasetSpec`` gives every step the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -138,3 +139,14 @@ def out(default: str) -> Any:
 def scales(default: tuple[float, ...]) -> Any:
     return option(default, "Comma-separated CAM scales.")
 
+
+
+def parse_chain(spec: str, registry: Mapping[str, object], plain: str) -> list[str]:
+    """The names of a ``--method`` chain ``a+b`` in order; ``plain`` (the step's name for no
+    stage at all, e.g. ``cam`` or ``none``) gives []; an unknown name is a user error."""
+    names = [n.strip() for n in spec.split("+") if n.strip() and n.strip() != plain]
+    unknown = [n for n in names if n not in registry]
+    if unknown or (not names and spec.strip() != plain):
+        raise IgcamError(f"--method must be {plain}, one of {', '.join(registry)}, or several "
+                         f"joined by '+', got {spec!r}")
+    return names

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from igcam_cli.datasets import Sample
-from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import CamMethod, MethodContext
 from igcam_cli.methods.ccam import ClassConditional
 from igcam_cli.methods.cpmc import Cpmc
 from igcam_cli.methods.igcam import InstanceGuided
 from igcam_cli.methods.lpcam import Lpcam
+from igcam_cli.options import parse_chain
 
 METHODS: dict[str, type[CamMethod]] = {method.name: method for method in (
     InstanceGuided,
@@ -30,12 +30,7 @@ METHODS: dict[str, type[CamMethod]] = {method.name: method for method in (
 
 def parse_methods(spec: str) -> list[str]:
     """``cam`` -> [], ``lpcam+igcam`` -> ['lpcam', 'igcam']; unknown names are a user error."""
-    names = [n.strip() for n in spec.split("+") if n.strip() and n.strip() != "cam"]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown or (not names and spec.strip() != "cam"):
-        raise IgcamError(f"--method must be cam, one of {', '.join(METHODS)}, or several "
-                         f"joined by '+', got {spec!r}")
-    return names
+    return parse_chain(spec, METHODS, "cam")
 
 
 class Chain:

@@ -16,6 +16,7 @@ import numpy as np
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import IGNORE
 from igcam_cli.masks import seed_labels
+from igcam_cli.options import parse_chain
 from igcam_cli.refiners.base import Maps, RefineContext, Refiner
 from igcam_cli.refiners.crf import DenseCrf
 from igcam_cli.refiners.walk import ColourWalk, RandomWalk
@@ -30,11 +31,7 @@ REFINERS: dict[str, type[Refiner]] = {refiner.name: refiner for refiner in (
 def parse_refiners(spec: str) -> list[str]:
     """``none`` -> [], ``rw+crf`` -> ['rw', 'crf']; unknown names and a labelling stage that
     is not last are user errors."""
-    names = [n.strip() for n in spec.split("+") if n.strip() and n.strip() != "none"]
-    unknown = [n for n in names if n not in REFINERS]
-    if unknown or (not names and spec.strip() != "none"):
-        raise IgcamError(f"--method must be none, one of {', '.join(REFINERS)}, or several "
-                         f"joined by '+', got {spec!r}")
+    names = parse_chain(spec, REFINERS, "none")
     early = [n for n in names[:-1] if REFINERS[n].sets_labels]
     if early:
         raise IgcamError(f"--method: {early[0]} decides the labels, so it must come last "
