@@ -43,7 +43,7 @@ def main() -> None:
     with torch.inference_mode():
         for path in list_images(args.images)[:args.images_count]:
             image = to_tensor(read_image(path))
-            batch = [views(image, scale, False) for scale in SCALES]
+            batch = [views(image[None], scale, False) for scale in SCALES]
             height, width = (max(v.shape[i] for v in batch) for i in (-2, -1))
             for scale, view in zip(SCALES, batch, strict=True):
                 alone = model.features(view)[0]

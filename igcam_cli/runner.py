@@ -7,7 +7,7 @@ import itertools
 import json
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,6 +164,15 @@ class ImageWork(Generic[L, R]):
     load: Callable[[Sample], L]
     compute: Callable[[Sample, L], R]
     write: Callable[[Sample, R], None]
+    # Optional: several consecutive images whose ``group`` keys are equal (e.g. their size)
+    # computed at once, at most ``batch`` of them, as ``compute`` would one by one. Used by the
+    # overlapped runner; an ImageProblem from a batch is found again image by image.
+    compute_batch: Callable[[list[Sample], list[L]], list[R]] | None = None
+    group: Callable[[L], Hashable] | None = None
+    batch: int = 1
+
+    def batches(self) -> bool:
+        return self.batch > 1 and self.compute_batch is not None and self.group is not None
 
 
 def read_sample(sample: Sample) -> np.ndarray:
@@ -198,17 +207,38 @@ def _outcome(entry: Future | str) -> str | None:
     return entry if isinstance(entry, str) else entry.result()
 
 
+def _computed(work: ImageWork, group: list[tuple[Sample, Any]]) -> list[Any]:
+    """The results (or problem messages) of consecutive loaded images, batched if they are
+    several; a problem in a batch is found again image by image, so it stays that image's."""
+    if len(group) > 1:
+        assert work.compute_batch is not None
+        try:
+            return list(work.compute_batch([s for s, _ in group], [x for _, x in group]))
+        except ImageProblem:
+            pass
+    results = []
+    for sample, loaded in group:
+        try:
+            results.append(work.compute(sample, loaded))
+        except ImageProblem as problem:
+            results.append(problem)
+    return results
+
+
 def _overlapped(todo: list[Sample], work: ImageWork, io_workers: int) -> Iterator[str | None]:
     """Each image's outcome, in image order, with loads ahead and writes behind ``compute``.
 
-    ``io_workers`` threads decode at most ``2 * io_workers`` images ahead and as many write
-    results behind, so memory does not grow with the number of images; decoding, zlib and
-    file I/O release the GIL, so they run beside the main thread's network. On any exception
-    (a fatal problem, Ctrl-C, a bug) or when the consumer stops, loads and writes not yet
-    started are dropped and running ones finish: every output is whole (atomic writes), no
-    thread outlives the step, and the images not written are redone by the next run.
+    ``io_workers`` threads decode at most ``2 * io_workers`` images ahead (at least two
+    batches) and as many write results behind, so memory does not grow with the number of
+    images; decoding, zlib and file I/O release the GIL, so they run beside the main thread's
+    network. With ``work.batches()``, consecutive images of one group go to ``compute_batch``
+    together. On any exception (a fatal problem, Ctrl-C, a bug) or when the consumer stops,
+    loads and writes not yet started are dropped and running ones finish: every output is
+    whole (atomic writes), no thread outlives the step, and the images not written are redone
+    by the next run.
     """
-    depth = 2 * io_workers
+    batch = work.batch if work.batches() else 1
+    depth = max(2 * io_workers, 2 * batch)
     loaders = ThreadPoolExecutor(io_workers, thread_name_prefix="igcam-load")
     writers = ThreadPoolExecutor(io_workers, thread_name_prefix="igcam-write")
     queued = iter(todo)
@@ -219,17 +249,38 @@ def _overlapped(todo: list[Sample], work: ImageWork, io_workers: int) -> Iterato
         for sample in itertools.islice(queued, depth - len(loading)):
             loading.append((sample, loaders.submit(work.load, sample)))
 
+    def next_group() -> list[tuple[Sample, Any]]:
+        """The next loaded image and those after it of its group, up to the batch size; an
+        image whose load failed comes alone, as its ImageProblem."""
+        sample, loaded = loading.popleft()
+        load_ahead()
+        try:
+            group = [(sample, loaded.result())]
+        except ImageProblem as problem:
+            return [(sample, problem)]
+        while len(group) < batch and loading:
+            following, future = loading[0]
+            try:
+                if work.group(future.result()) != work.group(group[0][1]):  # type: ignore[misc]
+                    break
+            except ImageProblem:
+                break
+            loading.popleft()
+            load_ahead()
+            group.append((following, future.result()))
+        return group
+
     try:
         load_ahead()
         while loading:
-            sample, loaded = loading.popleft()
-            load_ahead()
-            try:
-                result = work.compute(sample, loaded.result())
-            except ImageProblem as problem:
-                writing.append(str(problem))
-            else:
-                writing.append(writers.submit(_written, work, sample, result))
+            group = next_group()
+            failed = [(s, x) for s, x in group if isinstance(x, ImageProblem)]
+            results = [x for _, x in failed] or _computed(work, group)
+            for (sample, _), result in zip(group, results, strict=True):
+                if isinstance(result, ImageProblem):
+                    writing.append(str(result))
+                else:
+                    writing.append(writers.submit(_written, work, sample, result))
             while writing and (len(writing) > depth or isinstance(writing[0], str)
                                or writing[0].done()):
                 yield _outcome(writing.popleft())
@@ -277,8 +328,10 @@ def _collect(outcomes: Iterable[str | None], total: int, record: StepRecord, str
 
 
 # Options that change how a step runs but not what it writes.
+# The device and --batch-images change float rounding only (tests/test_batching.py: at most
+# one float16 step in the CAM files).
 NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "workers",
-                              "io_workers", "device"})
+                              "io_workers", "device", "batch_images"})
 
 
 def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -79,10 +79,11 @@ def hide_and_reveal(model: CamNet, image: torch.Tensor, cams: torch.Tensor, clas
             hidden = maps[k] > config.fill_threshold
             if not hidden.any():  # nothing to hide: a re-run would see the same image
                 break
-            rerun, probs = multiscale_cam(model, torch.where(hidden, fill, image), scales, flip)
+            rerun, probs = multiscale_cam(model, torch.where(hidden, fill, image), scales, flip,
+                                          [c])
             if probs[c] < config.min_score:
                 break
-            revealed = normalise(rerun[c].masked_fill(hidden, 0)[None])[0]
+            revealed = normalise(rerun[0].masked_fill(hidden, 0)[None])[0]
             maps[k] = torch.maximum(maps[k], revealed)
             if (maps[k] > config.fill_threshold).sum() - hidden.sum() < min_pixels:
                 break
@@ -119,9 +120,9 @@ def crop_cams(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: l
         size = (bottom - top, right - left)
         crop = image[None, :, top:bottom, left:right]
         zoomed = resize(crop, scaled_size(*size, long_side / max(size)))[0]
-        crop_cam, _ = multiscale_cam(model, zoomed, scales, flip)
+        crop_cam, _ = multiscale_cam(model, zoomed, scales, flip, classes)
         region = fused[:, top:bottom, left:right]
-        torch.maximum(region, normalise(resize(crop_cam[classes][None], size)[0]), out=region)
+        torch.maximum(region, normalise(resize(crop_cam[None], size)[0]), out=region)
     return fused
 
 

@@ -92,7 +92,7 @@ class CpmcConfig:
 @torch.inference_mode()
 def centred_features(model: CamNet, image: torch.Tensor, flip: bool) -> torch.Tensor:
     """(D, h, w) stride-16 features of ``image`` (3, H, W), minus the image's mean, unit length."""
-    features = model.features(views(image, 1.0, flip)).float()
+    features = model.features(views(image[None], 1.0, flip)).float()
     if flip:
         features = (features[:1] + features[1:].flip(-1)) / 2
     features = features[0]

@@ -161,7 +161,7 @@ def collect(model: CamNet, images: Iterable[tuple[torch.Tensor, list[int]]], fli
     pools: dict[tuple[int, bool], Reservoir] = {}
     peak = 0
     for image, classes in images:
-        features = model.features(views(image, 1.0, flip)).float()
+        features = model.features(views(image[None], 1.0, flip)).float()
         foreground = normalise(model.cam(features, classes)) > FOREGROUND
         rows = features.permute(0, 2, 3, 1).flatten(0, 2)  # (views * h * w, D)
         for index, c in enumerate(classes):

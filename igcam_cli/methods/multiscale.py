@@ -13,7 +13,7 @@ influence``, :func:`level_weights`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -34,53 +34,128 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 T = TypeVar("T")
 
 
-def views(image: torch.Tensor, scale: float, flip: bool) -> torch.Tensor:
-    """The batch the network sees at one scale: the resized image and, with ``flip``, its mirror."""
-    _, height, width = image.shape
-    batch = resize(image[None], scaled_size(height, width, scale))
+def views(images: torch.Tensor, scale: float, flip: bool) -> torch.Tensor:
+    """The batch the network sees at one scale: the (N, 3, H, W) images resized and, with
+    ``flip``, their mirrors after them (2N views)."""
+    height, width = images.shape[-2:]
+    batch = resize(images, scaled_size(height, width, scale))
     if flip:
         batch = torch.cat([batch, batch.flip(-1)])
     return batch.contiguous(memory_format=torch.channels_last)
 
 
+def per_image(maps: torch.Tensor, count: int, flip: bool) -> torch.Tensor:
+    """(N, ...) each image's maps (or scores) summed with its mirror's, flipped back: the
+    inverse of :func:`views`' stacking. ``maps`` is (N or 2N, ...)."""
+    if not flip:
+        return maps
+    mirrored = maps[count:]
+    return maps[:count] + (mirrored.flip(-1) if maps.dim() == 4 else mirrored)
+
+
 @torch.inference_mode()
+def multiscale_batch(model: CamNet, images: torch.Tensor, scales: tuple[float, ...], flip: bool,
+                     head: Callable[[T], torch.Tensor],
+                     extract: Callable[[torch.Tensor], T] | None = None,
+                     rows: Callable[[int], Sequence[int] | None] | None = None
+                     ) -> list[torch.Tensor]:
+    """Per image of the (N, 3, H, W) batch, the (M, H, W) sum over scales (and flips) of
+    ``head``'s maps, each resized to the image.
+
+    Every map method shares this loop, so they all see an image the same way and differ only
+    in what they compute from the feature map. ``extract`` (default ``model.features``) is
+    what ``head`` reads of each batch of views, e.g. ``model.level_features`` for an FPN's
+    levels. Images of one size share each scale's forward pass (the features of a view do not
+    depend on the others in its batch, up to float rounding). The head's maps are small
+    (stride 16) and kept until every scale has run, so that ``rows(i)`` (called then, when
+    the head may have seen what it needs, e.g. the class scores) can name the only rows of
+    image ``i`` worth enlarging to the image; None keeps all. Enlarging is the costly part
+    once the network is fast, and an image keeps one or two of its twenty class maps.
+    """
+    count, (height, width) = len(images), images.shape[-2:]
+    small = []
+    for scale in scales:
+        maps = head((extract or model.features)(views(images, scale, flip)))
+        small.append(per_image(maps, count, flip).float())
+    totals = []
+    for i in range(count):
+        keep = None if rows is None else list(rows(i))
+        if keep == []:
+            totals.append(small[0].new_zeros((0, height, width)))
+            continue
+        total = None
+        for maps in small:
+            picked = maps[i : i + 1] if keep is None else maps[i : i + 1, keep]
+            resized = resize(picked, (height, width))[0]
+            total = resized if total is None else total + resized
+        assert total is not None
+        totals.append(total)
+    return totals
+
+
 def multiscale_maps(model: CamNet, image: torch.Tensor, scales: tuple[float, ...], flip: bool,
                     head: Callable[[T], torch.Tensor],
                     extract: Callable[[torch.Tensor], T] | None = None) -> torch.Tensor:
-    """(M, H, W) sum over scales (and flips) of ``head``'s maps, each resized to the image.
+    """(M, H, W) :func:`multiscale_batch` of one (3, H, W) image, every row of the head."""
+    return multiscale_batch(model, image[None], scales, flip, head, extract)[0]
 
-    Every map method shares this loop, so they all see the image the same way and differ only in
-    what they compute from the feature map. ``extract`` (default ``model.features``) is what
-    ``head`` reads of each batch of views, e.g. ``model.level_features`` for an FPN's levels.
-    """
-    _, height, width = image.shape
-    total = None
-    for scale in scales:
-        maps = head((extract or model.features)(views(image, scale, flip)))
-        if flip:
-            maps = maps[:1] + maps[1:].flip(-1)
-        maps = resize(maps.float(), (height, width))[0]
-        total = maps if total is None else total + maps
-    assert total is not None
-    return total
+
+# (index of an image in its batch, its (C,) class probabilities) -> the classes it keeps.
+Keep = Callable[[int, torch.Tensor], list[int]]
+# Per image of a batch: its kept classes, their maps and its (C,) class probabilities.
+Kept = list[tuple[list[int], torch.Tensor, torch.Tensor]]
+
+
+def scored_head(model: CamNet, probs: list[torch.Tensor], count: int, flip: bool,
+                maps: Callable[[T], torch.Tensor], features: Callable[[T], torch.Tensor]
+                ) -> Callable[[T], torch.Tensor]:
+    """A head that also records each image's (C,) class probabilities (mean over its views)
+    in ``probs``, one (N, C) entry per scale, before returning ``maps`` of what it reads."""
+    def head(extracted: T) -> torch.Tensor:
+        scores = torch.sigmoid(model.logits(features(extracted)))
+        probs.append(per_image(scores, count, flip) / (2 if flip else 1))
+        return maps(extracted)
+
+    return head
 
 
 @torch.inference_mode()
-def multiscale_cam(model: CamNet, image: torch.Tensor, scales: tuple[float, ...],
-                   flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, H, W) summed CAMs at image resolution and (C,) class probabilities at scale 1.
+def multiscale_cams(model: CamNet, images: torch.Tensor, scales: tuple[float, ...], flip: bool,
+                    keep: Keep | None = None) -> Kept:
+    """Per image of the (N, 3, H, W) batch: its kept classes, their (K, H, W) summed CAMs at
+    image resolution and the (C,) class probabilities at scale 1.
 
-    ``image`` is (3, H, W) in [0, 1] on the model's device. Probabilities come from the
-    scale-1 (or first) pass so that unlabelled images get their classes for free.
+    ``keep`` (default: every class) chooses the classes from the probabilities; only their
+    maps are enlarged. Probabilities come from the scale-1 (or first) pass so that unlabelled
+    images get their classes for free.
     """
     probs: list[torch.Tensor] = []
+    head = scored_head(model, probs, len(images), flip, model.cam, lambda f: f)
+    chosen: list[list[int]] = []
 
-    def cam_head(features: torch.Tensor) -> torch.Tensor:
-        probs.append(torch.sigmoid(model.logits(features)).mean(0))
-        return model.cam(features)
+    def rows(i: int) -> list[int]:
+        classes = (keep or all_classes)(i, probs[reference_scale(scales)][i])
+        chosen.append(classes)
+        return classes
 
-    total = multiscale_maps(model, image, scales, flip, cam_head)
-    return total, probs[reference_scale(scales)]
+    totals = multiscale_batch(model, images, scales, flip, head, rows=rows)
+    return [(classes, total, probs[reference_scale(scales)][i])
+            for i, (classes, total) in enumerate(zip(chosen, totals, strict=True))]
+
+
+def all_classes(index: int, probs: torch.Tensor) -> list[int]:
+    """The :data:`Keep` that keeps every class."""
+    return list(range(len(probs)))
+
+
+def multiscale_cam(model: CamNet, image: torch.Tensor, scales: tuple[float, ...],
+                   flip: bool, classes: Sequence[int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, H, W) summed CAMs of one (3, H, W) image at its resolution, or (K, H, W) of
+    ``classes`` alone, and its (C,) class probabilities at scale 1."""
+    keep = None if classes is None else (lambda i, probs: list(classes))
+    [(_, total, probs)] = multiscale_cams(model, image[None], scales, flip, keep)
+    return total, probs
 
 
 def reference_scale(scales: tuple[float, ...]) -> int:
@@ -110,9 +185,10 @@ class LevelFusionConfig:
 
 
 @torch.inference_mode()
-def multiscale_level_cams(model: CamNet, image: torch.Tensor, scales: tuple[float, ...],
-                          flip: bool, levels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, C, H, W) summed CAMs of the FPN levels ``levels`` and (C,) class probabilities.
+def multiscale_level_cams(model: CamNet, images: torch.Tensor, scales: tuple[float, ...],
+                          flip: bool, levels: list[int], keep: Keep | None = None) -> Kept:
+    """Per image of the (N, 3, H, W) batch: its kept classes, the (L, K, H, W) summed CAMs of
+    the FPN levels ``levels`` for them, and the (C,) class probabilities.
 
     ``levels`` index :data:`FPN_LEVELS`, finest first. Each level's CAM is ReLU'd on its own
     before any fusion, so a level that covers the whole object is not cancelled by another's
@@ -121,13 +197,22 @@ def multiscale_level_cams(model: CamNet, image: torch.Tensor, scales: tuple[floa
     """
     probs: list[torch.Tensor] = []
 
-    def level_head(pyramid: list[torch.Tensor]) -> torch.Tensor:
-        probs.append(torch.sigmoid(model.logits(model.fuse(pyramid))).mean(0))
+    def level_maps(pyramid: list[torch.Tensor]) -> torch.Tensor:
         grid = tuple(pyramid[min(levels)].shape[-2:])
         return torch.cat([resize(model.cam(pyramid[i]).float(), grid) for i in levels], dim=1)
 
-    total = multiscale_maps(model, image, scales, flip, level_head, model.level_features)
-    return total.unflatten(0, (len(levels), -1)), probs[reference_scale(scales)]
+    head = scored_head(model, probs, len(images), flip, level_maps, model.fuse)
+    chosen: list[list[int]] = []
+    width = model.classifier.out_channels
+
+    def rows(i: int) -> list[int]:
+        classes = (keep or all_classes)(i, probs[reference_scale(scales)][i])
+        chosen.append(classes)
+        return [level * width + c for level in range(len(levels)) for c in classes]
+
+    totals = multiscale_batch(model, images, scales, flip, head, model.level_features, rows)
+    return [(classes, total.unflatten(0, (len(levels), -1)), probs[reference_scale(scales)][i])
+            for i, (classes, total) in enumerate(zip(chosen, totals, strict=True))]
 
 
 def level_weights(level_cams: torch.Tensor, influence: torch.Tensor,
@@ -157,10 +242,15 @@ def fuse_levels(level_cams: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return (weights[..., None, None] * normalised).sum(0)
 
 
+# (samples, their (N, 3, H, W) images of one size, each sample's classes from its scores)
+BaseCams = Callable[[list[Sample], torch.Tensor, Callable[[Sample, torch.Tensor], list[int]]],
+                    Kept]
+
+
 def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: LevelFusionConfig,
-              influence: Path | None
-              ) -> Callable[[Sample, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The (C, H, W) CAMs and (C,) probabilities of one image: plain, or fused over FPN levels.
+              influence: Path | None) -> BaseCams:
+    """The kept classes, their (K, H, W) CAMs and the (C,) probabilities of each image of a
+    batch: plain, or fused over FPN levels.
 
     ``influence`` is an ``igcam influence`` folder, read by ``--fpn-attention influence``.
     """
@@ -168,7 +258,8 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
         if fusion != LevelFusionConfig():
             raise IgcamError("--fpn-levels, --fpn-attention and --fpn-temperature need a "
                              "classifier trained with `igcam train-cls --fpn`")
-        return lambda sample, image: multiscale_cam(model, image, scales, flip)
+        return lambda samples, images, keep: multiscale_cams(
+            model, images, scales, flip, lambda i, probs: keep(samples[i], probs))
     if not fusion.levels or not set(fusion.levels) <= set(FPN_LEVELS):
         raise IgcamError(f"--fpn-levels must be a comma list of {', '.join(FPN_LEVELS)}, got "
                          f"{','.join(fusion.levels)!r}")
@@ -180,21 +271,30 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
                              "`igcam influence`")
         maps_dir = influence_maps(influence)
 
-    def compute(sample: Sample, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        level_cams, probs = multiscale_level_cams(model, image, scales, flip, levels)
+    def fused(sample: Sample, classes: list[int], level_cams: torch.Tensor) -> torch.Tensor:
         weights = level_cams.new_full(level_cams.shape[:2], 1 / len(levels))
-        if maps_dir is not None:
+        if maps_dir is not None and classes:
             path = maps_dir / f"{sample.id}.npz"
             if not path.is_file():
                 raise ImageProblem(f"{sample.image}: no influence map in {maps_dir}")
             stored = read_influence_map(path)
-            classes = stored["classes"].tolist()  # the labelled classes; others keep the mean
             maps = torch.from_numpy(stored["maps"].astype(np.float32))
             if maps.shape[-2:] != level_cams.shape[-2:]:
                 raise ImageProblem(f"{sample.image}: influence map {path} is "
                                    f"{tuple(maps.shape[-2:])}, not the image's size")
-            weights[:, classes] = level_weights(level_cams[:, classes], maps,
-                                                fusion.temperature)
-        return fuse_levels(level_cams, weights), probs
+            # The classes the map was made for (the labelled ones); the others keep the mean.
+            pairs = [(k, j) for j, c in enumerate(stored["classes"].tolist())
+                     if c in classes for k in [classes.index(c)]]
+            if pairs:
+                ks, js = (list(side) for side in zip(*pairs, strict=True))
+                weights[:, ks] = level_weights(level_cams[:, ks], maps[js], fusion.temperature)
+        return fuse_levels(level_cams, weights)
+
+    def compute(samples: list[Sample], images: torch.Tensor,
+                keep: Callable[[Sample, torch.Tensor], list[int]]) -> Kept:
+        kept = multiscale_level_cams(model, images, scales, flip, levels,
+                                     lambda i, probs: keep(samples[i], probs))
+        return [(classes, fused(sample, classes, level_cams), probs)
+                for sample, (classes, level_cams, probs) in zip(samples, kept, strict=True)]
 
     return compute

@@ -14,6 +14,7 @@ the class evidence of the image's object proposals. Methods other than ``cam`` w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from igcam_cli.runner import ClassifierStepConfig, ImageStep, ImageWork, resolve
 from igcam_cli.transforms import normalise, resize, to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # One image's CAM file before it is written: classes, float16 maps, class probabilities.
 CamResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -62,6 +64,16 @@ class CamConfig(ClassifierStepConfig):
               "used.")
     fpn: LevelFusionConfig = options.nested(LevelFusionConfig, prefix="fpn-")
     device: str = options.device()
+    batch_images: int = option(
+        1, "Images of one size (after --max-side) that share each scale's forward pass, at "
+           "most this many: on a GPU a batch fills the device better than one image's few "
+           "views. Images are taken in size order to make the batches; the maps are those of "
+           "one image at a time up to float rounding (images of other sizes are never padded "
+           "into a batch, since padding changes the features).", min=1)
+    precision: str = option(
+        "fp32", "fp32, or bf16 / fp16: the network under torch.autocast in that type (faster "
+                "on GPUs with tensor cores; the maps change slightly, see bench/RESULTS.md). "
+                "Maps are summed and resized in fp32 either way.", choices=tuple(PRECISIONS))
     io_workers: int = options.io_workers()
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
@@ -103,28 +115,58 @@ def cam(config: CamConfig) -> Path:
         width, height = image_size(sample.image)
         return image, (height, width)
 
-    def maps_of(sample: Sample, loaded: tuple[torch.Tensor, tuple[int, int]]) -> CamResult:
-        image, (height, width) = loaded
-        image = image.to(device)
-        if image.shape[1:] != (height, width):
-            step.record.count("downscaled")
-        cams, probs = compute(sample, image)
+    def autocast() -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[config.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    def keep(sample: Sample, probs: torch.Tensor) -> list[int]:
+        """The classes an image gets maps for: its labels, else the confident predictions."""
         if config.use_labels and sample.labels is not None:
-            classes = list(sample.labels)
-        else:
-            classes = torch.nonzero(probs >= config.score_threshold).flatten().tolist()
-        maps = chain(sample, image, normalise(cams[classes]) if classes else cams[:0], classes)
-        if maps.shape[1:] != (height, width):  # processed shrunk: maps at the image's size
-            maps = (resize(maps[None].float(), (height, width))[0] if len(maps)
-                    else maps.new_zeros((0, height, width)))
+            return list(sample.labels)
+        return torch.nonzero(probs >= config.score_threshold).flatten().tolist()
+
+    def maps_of_batch(batch: list[Sample], loaded: list[tuple[torch.Tensor, tuple[int, int]]]
+                      ) -> list[CamResult]:
+        images = torch.stack([image for image, _ in loaded]).to(device)
+        with autocast():
+            return [finished(sample, image, size, classes, cams, probs)
+                    for sample, image, (_, size), (classes, cams, probs) in zip(
+                        batch, images, loaded, compute(batch, images, keep), strict=True)]
+
+    def finished(sample: Sample, image: torch.Tensor, size: tuple[int, int], classes: list[int],
+                 cams: torch.Tensor, probs: torch.Tensor) -> CamResult:
+        """The methods' maps of one image from its base CAMs, at the image's size."""
+        if image.shape[1:] != size:
+            step.record.count("downscaled")
+        maps = chain(sample, image, normalise(cams), classes)
+        if maps.shape[1:] != size:  # processed shrunk: maps at the image's size
+            maps = (resize(maps[None].float(), size)[0] if len(maps)
+                    else maps.new_zeros((0, *size)))
         # float16 on the device: half the bytes to copy, and the same rounding as numpy's.
-        return np.array(classes), maps.to(torch.float16).cpu().numpy(), probs.cpu().numpy()
+        return (np.array(classes), maps.to(torch.float16).cpu().numpy(),
+                probs.float().cpu().numpy())
 
     def save(sample: Sample, result: CamResult) -> None:
         classes, maps, probs = result
         write_cam(step.out / f"{sample.id}.npz", classes, maps, probs, sample.image)
 
-    step.run(samples, ImageWork(load, maps_of, save), lambda s: step.out / f"{s.id}.npz",
+    if config.batch_images > 1:  # neighbours of one size make the batches
+        samples = sorted(samples, key=size_order)
+    work = ImageWork(load, lambda sample, loaded: maps_of_batch([sample], [loaded])[0], save,
+                     compute_batch=maps_of_batch, group=lambda loaded: loaded[0].shape,
+                     batch=config.batch_images)
+    step.run(samples, work, lambda s: step.out / f"{s.id}.npz",
              overwrite=config.overwrite, strict=config.strict, io_workers=config.io_workers)
     return step.finish()
 
+
+
+def size_order(sample: Sample) -> tuple[int, int]:
+    """An image's (width, height) from its header; an unreadable one sorts first, to fail as
+    it would have in dataset order."""
+    try:
+        return image_size(sample.image)
+    except IgcamError:
+        return (0, 0)
