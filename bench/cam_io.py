@@ -1,7 +1,7 @@
 """How many CAM files per second ``igcam cam`` writes when the network costs nothing.
 
 On a GPU the forward pass is about a hundred times faster than on a CPU, and what is left of
-a CAM image is decoding the JPEG, resizing every class map to the image, float16, compression
+a CAM image is decoding the JPEG, resizing the kept class maps to the image, float16, compression
 and fsync. This runs the real ``cam`` step (its code path, files and manifest) on the first N
 photos of a VOC root with the classifier's network replaced by a stand-in whose stride-16
 features come back at once (fixed random values of the right shape, 64 channels, so that the
@@ -167,14 +167,16 @@ def profile(root: Path, work: Path) -> dict[str, float]:
         image = to_tensor(read_image(sample.image))
         width, height = image_size(sample.image)
         start = clock("decode (JPEG, to tensor)", start)
-        cams, probs = multiscale_cam(model, image, scales, True)
-        maps = normalise(cams[list(sample.labels or [])])
+        classes = list(sample.labels or [])
+        cams, probs = multiscale_cam(model, image, scales, True, classes)
+        maps = normalise(cams)
         start = clock("CAM at 4 scales + flips (stand-in network), normalise", start)
         for scale in scales:  # the part of the above that enlarges the maps to the image
-            small = torch.rand(1, len(dataset.class_names), math.ceil(height * scale / 16),
+            small = torch.rand(1, len(classes), math.ceil(height * scale / 16),
                                math.ceil(width * scale / 16))
             resize(small, (height, width))
-        start = clock("  of which: resizing the 20 class maps to the image (4 scales)", start)
+        start = clock("  of which: resizing the kept classes' maps to the image (4 scales)",
+                      start)
         half = maps.to(torch.float16).cpu().numpy()
         start = clock("float16 and copy", start)
         buffer = io.BytesIO()

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.transforms import resize
 
 TMP_PREFIX = ".igcam-tmp-"  # then <pid>@<host>@<name>.<random>: see remove_stale_temps
 STALE_ELSEWHERE_S = 24 * 3600  # a temp of another machine's process is stale after a day
@@ -207,16 +209,35 @@ def read_cam(path: Path) -> dict[str, np.ndarray]:
     if len(classes) and not (0 <= classes.min() and classes.max() < min(len(scores), 255)):
         raise ImageProblem(f"{path}: class ids {classes.tolist()} outside the classifier's "
                            f"{len(scores)} classes")
+    if "size" in data:  # stored at a stride (igcam cam --store-stride): enlarged here
+        size = tuple(int(v) for v in data.pop("size").reshape(-1))
+        if len(size) != 2 or not all(a >= b for a, b in zip(size, cams.shape[1:], strict=True)):
+            raise ImageProblem(f"{path}: inconsistent CAM file (size {size}, cams "
+                               f"{cams.shape})")
+        data["cams"] = enlarge(cams, size)
     return data
 
 
+def enlarge(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) float16 maps stored at a stride, bilinearly enlarged to ``size`` (float16,
+    as full-size files hold them)."""
+    maps = torch.from_numpy(cams.astype(np.float32))[None]
+    return resize(maps, size)[0].numpy().astype(np.float16)
+
+
 def write_cam(path: Path, classes: np.ndarray, cams: np.ndarray, scores: np.ndarray,
-              image: Path) -> Path:
+              image: Path, size: tuple[int, int] | None = None) -> Path:
     """A CAM file: ``classes`` int16 (K,), ``cams`` float16 (K, H, W) max-normalised,
-    ``scores`` float32 (C,) class probabilities, ``image`` the source photo's path."""
+    ``scores`` float32 (C,) class probabilities, ``image`` the source photo's path.
+
+    ``size``: the image's (H, W) when ``cams`` are kept smaller (a stride), so that
+    :func:`read_cam` gives every reader maps of the image's size.
+    """
+    extra = {} if size is None else {"size": np.array(size, dtype=np.int32)}
     return write_npz(path, classes=classes.astype(np.int16),
                      cams=cams.astype(np.float16, copy=False),
-                     scores=scores.astype(np.float32), image=np.array(str(image.resolve())))
+                     scores=scores.astype(np.float32), image=np.array(str(image.resolve())),
+                     **extra)
 
 
 def read_proposals(path: Path) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import multiprocessing
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -342,14 +342,16 @@ def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> 
     return recipe
 
 
-def trained_already(name: str, final: Path, record: StepRecord) -> bool:
+def trained_already(name: str, final: Path, record: StepRecord, config_type: type) -> bool:
     """Whether a training step's ``final`` file exists, made with ``record``'s recipe; made
     with another, the step refuses rather than skip to a network that the options do not
-    describe."""
+    describe. ``config_type`` is the step's config class, whose defaults stand in for the
+    options an older manifest lacks."""
     if not final.exists():
         return False
     made = (read_manifest(final.parent) or {}).get("recipe")
-    differs = recipe_differences(record.extra["recipe"], made) if made is not None else []
+    differs = (recipe_differences(record.extra["recipe"], made, option_defaults(config_type))
+               if made is not None else [])
     if differs:
         raise IgcamError(f"{final} was trained with another {', '.join(differs)}: use "
                          "another --run, or delete that folder to retrain")
@@ -357,16 +359,33 @@ def trained_already(name: str, final: Path, record: StepRecord) -> bool:
     return True
 
 
+def option_defaults(config_type: type) -> dict[str, Any]:
+    """A config class's option defaults as a manifest records them (nested ones nested)."""
+    defaults: dict[str, Any] = {}
+    for item in fields(config_type):
+        if item.metadata.get("nested"):
+            defaults[item.name] = option_defaults(item.default_factory)  # type: ignore[arg-type]
+        elif item.default is not MISSING:
+            defaults[item.name] = jsonable(item.default)
+        elif item.default_factory is not MISSING:
+            defaults[item.name] = jsonable(item.default_factory())
+    return defaults
+
+
 def recipe_differences(recipe: dict[str, Any], other: dict[str, Any],
-                       prefix: str = "") -> list[str]:
+                       defaults: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
     """The keys on which two recipes disagree (``dataset.split`` inside a nested one). A key
-    one recipe lacks counts as None there: an option added since a manifest was written
-    (``dataset.coco``) leaves the folders made without it valid while it is not given."""
+    one recipe lacks counts as its option's default in ``defaults`` there (None if it has
+    none): an option added since a manifest was written (``--precision``) leaves the folders
+    made without it valid while it keeps its default."""
+    defaults = defaults or {}
     differs = []
     for key in recipe.keys() | other.keys():
-        mine, theirs = recipe.get(key), other.get(key)
+        mine, theirs = (side.get(key, defaults.get(key)) for side in (recipe, other))
         if isinstance(mine, dict) and isinstance(theirs, dict):
-            differs += recipe_differences(mine, theirs, f"{prefix}{key}.")
+            nested = defaults.get(key)
+            differs += recipe_differences(mine, theirs, nested if isinstance(nested, dict)
+                                          else None, f"{prefix}{key}.")
         elif mine != theirs:
             differs.append(prefix + key)
     return sorted(differs)
@@ -390,6 +409,7 @@ class ImageStep:
         self.out = ensure_dir(out)
         remove_stale_temps(self.out)
         self.record = StepRecord(name, jsonable(asdict(config)))
+        self.defaults = option_defaults(type(config))
 
     def problems(self, problems: list[str]) -> None:
         """Record the dataset's per-image problems (found while listing it) as failures."""
@@ -413,7 +433,7 @@ class ImageStep:
         made = {path: json.loads(path.read_text()).get("recipe")
                 for path in self.out.glob("manifest*.json")}
         differs = sorted({key for other in made.values() if other is not None
-                          for key in recipe_differences(recipe, other)})
+                          for key in recipe_differences(recipe, other, self.defaults)})
         if not differs:
             return
         if not overwrite:

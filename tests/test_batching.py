@@ -15,7 +15,7 @@ from PIL import Image
 from igcam_cli.artifacts import StepRecord, read_cam, write_npz, write_torch
 from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import Sample
-from igcam_cli.errors import ImageProblem
+from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.methods.multiscale import (
     LevelFusionConfig,
     base_cams,
@@ -218,3 +218,58 @@ def test_bf16_autocast_changes_the_maps_a_little_and_is_part_of_the_recipe(tmp_p
     assert 0 < max(differences) < 0.1  # bf16 keeps 8 bits of mantissa: close, not equal
     recipe = json.loads((half / "manifest.json").read_text())["recipe"]
     assert recipe["precision"] == "bf16"
+
+
+def test_store_stride_keeps_small_maps_that_every_reader_gets_at_the_image_s_size(
+        tmp_path: Path) -> None:
+    images, labels = _mixed_folder(tmp_path)
+    run = tmp_path / "run"
+    _train_tiny(run)
+
+    def config(out: str, stride: int) -> CamConfig:
+        base = CamConfig(run=run, out=tmp_path / out, scales=(1.0,), device="cpu",
+                         store_stride=stride)
+        return replace(base, dataset=replace(base.dataset, images=images, labels=labels,
+                                             classes=tmp_path / "classes.txt"))
+
+    full, small = cam(config("full", 1)), cam(config("small", 4))
+    for path in sorted(full.glob("*.npz")):
+        raw = np.load(small / path.name)
+        a, b = read_cam(path), read_cam(small / path.name)
+        height, width = a["cams"].shape[1:]
+        assert raw["cams"].shape[1:] == (-(-height // 4), -(-width // 4))
+        assert tuple(raw["size"]) == (height, width) and "size" not in b
+        assert b["cams"].shape == a["cams"].shape and b["cams"].dtype == np.float16
+        # smooth maps (stride-16 features) survive a stride of 4 nearly unchanged
+        assert np.abs(a["cams"].astype(np.float32) - b["cams"]).mean() < 0.02
+    assert json.loads((small / "manifest.json").read_text())["recipe"]["store_stride"] == 4
+
+
+def test_a_cam_file_whose_size_is_smaller_than_its_maps_is_that_image_s_problem(
+        tmp_path: Path) -> None:
+    path = tmp_path / "a.npz"
+    write_npz(path, classes=np.array([0], dtype=np.int16),
+              cams=np.zeros((1, 8, 8), dtype=np.float16), scores=np.zeros(3, np.float32),
+              image=np.array("a.jpg"), size=np.array([4, 4], dtype=np.int32))
+    with pytest.raises(ImageProblem, match="inconsistent CAM file"):
+        read_cam(path)
+
+
+def test_a_folder_made_before_an_option_existed_is_valid_at_its_default(tmp_path: Path
+                                                                       ) -> None:
+    """Manifests written before --precision and --store-stride lack them: such a folder is
+    resumed as made at their defaults, and refused for another value."""
+    images, labels = _mixed_folder(tmp_path)
+    run = tmp_path / "run"
+    _train_tiny(run)
+    base = CamConfig(run=run, out=tmp_path / "cam", scales=(1.0,), device="cpu")
+    config = replace(base, dataset=replace(base.dataset, images=images, labels=labels,
+                                           classes=tmp_path / "classes.txt"))
+    out = cam(config)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("precision", "store_stride"):
+        del manifest["recipe"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cam(config)  # resumes: nothing to redo, no refusal
+    with pytest.raises(IgcamError, match="another precision"):
+        cam(replace(config, precision="bf16"))

@@ -36,8 +36,9 @@ from igcam_cli.transforms import normalise, resize, to_tensor
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# One image's CAM file before it is written: classes, float16 maps, class probabilities.
-CamResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+# One image's CAM file before it is written: classes, float16 maps, class probabilities, and
+# the image's (H, W) when the maps are kept at a stride.
+CamResult = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int] | None]
 
 
 @dataclass
@@ -70,6 +71,11 @@ class CamConfig(ClassifierStepConfig):
            "views. Images are taken in size order to make the batches; the maps are those of "
            "one image at a time up to float rounding (images of other sizes are never padded "
            "into a batch, since padding changes the features).", min=1)
+    store_stride: int = option(
+        1, "Keep the maps at 1/N of the image's size in the CAM files (antialiased); every "
+           "later step reads them enlarged back to the image. 4 makes the files about ten "
+           "times smaller for a change in mIoU well under 0.2 (bench/RESULTS.md); for large "
+           "datasets.", min=1)
     precision: str = option(
         "fp32", "fp32, or bf16 / fp16: the network under torch.autocast in that type (faster "
                 "on GPUs with tensor cores; the maps change slightly, see bench/RESULTS.md). "
@@ -141,16 +147,17 @@ def cam(config: CamConfig) -> Path:
         if image.shape[1:] != size:
             step.record.count("downscaled")
         maps = chain(sample, image, normalise(cams), classes)
-        if maps.shape[1:] != size:  # processed shrunk: maps at the image's size
-            maps = (resize(maps[None].float(), size)[0] if len(maps)
-                    else maps.new_zeros((0, *size)))
+        stored = stored_size(size, config.store_stride)
+        if maps.shape[1:] != stored:  # processed shrunk, or kept at a stride
+            maps = (resize(maps[None].float(), stored)[0] if len(maps)
+                    else maps.new_zeros((0, *stored)))
         # float16 on the device: half the bytes to copy, and the same rounding as numpy's.
         return (np.array(classes), maps.to(torch.float16).cpu().numpy(),
-                probs.float().cpu().numpy())
+                probs.float().cpu().numpy(), None if stored == size else size)
 
     def save(sample: Sample, result: CamResult) -> None:
-        classes, maps, probs = result
-        write_cam(step.out / f"{sample.id}.npz", classes, maps, probs, sample.image)
+        classes, maps, probs, size = result
+        write_cam(step.out / f"{sample.id}.npz", classes, maps, probs, sample.image, size)
 
     if config.batch_images > 1:  # neighbours of one size make the batches
         samples = sorted(samples, key=size_order)
@@ -170,3 +177,8 @@ def size_order(sample: Sample) -> tuple[int, int]:
         return image_size(sample.image)
     except IgcamError:
         return (0, 0)
+
+
+def stored_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The (h, w) maps of an image of ``size`` are kept at with ``--store-stride``."""
+    return (-(-size[0] // stride), -(-size[1] // stride))

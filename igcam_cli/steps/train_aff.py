@@ -196,7 +196,7 @@ def train_aff(config: AffinityConfig) -> Path:
                      "images_fingerprint": fingerprint(p.stem for p in files),
                      "checkpoint_sha256": sha256_file(checkpoint)}
     record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
-    if trained_already("train-aff", final, record):
+    if trained_already("train-aff", final, record, type(config)):
         return final
     _check_cam_classes(files, len(payload["class_names"]), cams)
     import_crf()

@@ -228,7 +228,7 @@ def train_cls(config: TrainConfig) -> Path:
     record = StepRecord("train-cls", jsonable(asdict(replace(
         config, stage_options={config.stage: stage.options}))))
     record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
-    if trained_already("train-cls", final, record):
+    if trained_already("train-cls", final, record, type(config)):
         return final
     dataset = load_dataset(config.dataset, strict=config.strict)
     record_problems(record, dataset.problems)
