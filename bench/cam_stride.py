@@ -2,12 +2,13 @@
 in bytes, on the CAMs of a finished run.
 
 Each full-size CAM file of ``--cams`` is shrunk to 1/N of its image, as ``--store-stride N``
-does (antialiased bilinear, then float16), written with the image's size, and read back
-through ``read_cam``, which enlarges it as every step does. The difference to a real
-``--store-stride`` run is that the maps shrunk here are the stored float16 ones rather than the
-float32 ones the network gave: one float16 rounding. Then ``igcam eval`` sweeps the thresholds
-of each folder (and, with ``--refine``, DenseCRF masks at the full-size sweep's best threshold
-are scored too), and a table gives bytes per image and mIoU against the full-size files.
+does (antialiased bilinear, each map's peak kept, then float16), written with the image's
+size, and read back through ``read_cam``, which enlarges it as every step does. The
+difference to a real ``--store-stride`` run is that the maps shrunk here are the stored
+float16 ones rather than the float32 ones the network gave: one float16 rounding. Then
+``igcam eval`` sweeps the thresholds of each folder (and, with ``--refine``, DenseCRF masks at
+the full-size sweep's best threshold are scored too), and a table gives bytes per image and
+mIoU against the full-size files.
 
     python bench/cam_stride.py --cams bench/runs/voc-real/cam --voc ../shared/data/voc-real \\
         --out bench/runs/cam-stride [--strides 2,4,8] [--refine]
@@ -26,7 +27,7 @@ import torch
 
 from igcam_cli.artifacts import read_cam, write_cam
 from igcam_cli.steps.cam import stored_size
-from igcam_cli.transforms import resize
+from igcam_cli.transforms import resize_keeping_peaks
 
 
 def shrink(source: Path, out: Path, stride: int) -> int:
@@ -39,8 +40,8 @@ def shrink(source: Path, out: Path, stride: int) -> int:
             data = read_cam(path)
             cams = data["cams"]
             size = cams.shape[1:]
-            small = resize(torch.from_numpy(cams.astype(np.float32))[None],
-                           stored_size(size, stride))[0].numpy()
+            small = resize_keeping_peaks(torch.from_numpy(cams.astype(np.float32)),
+                                         stored_size(size, stride)).numpy()
             write_cam(target, data["classes"], small, data["scores"], Path(str(data["image"])),
                       size)
         total += target.stat().st_size

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from igcam_cli.errors import IgcamError, ImageProblem
-from igcam_cli.transforms import resize
+from igcam_cli.transforms import resize_keeping_peaks
 
 TMP_PREFIX = ".igcam-tmp-"  # then <pid>@<host>@<name>.<random>: see remove_stale_temps
 STALE_ELSEWHERE_S = 24 * 3600  # a temp of another machine's process is stale after a day
@@ -219,10 +219,12 @@ def read_cam(path: Path) -> dict[str, np.ndarray]:
 
 
 def enlarge(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(K, h, w) float16 maps stored at a stride, bilinearly enlarged to ``size`` (float16,
-    as full-size files hold them)."""
-    maps = torch.from_numpy(cams.astype(np.float32))[None]
-    return resize(maps, size)[0].numpy().astype(np.float16)
+    """(K, h, w) float16 maps stored at a stride, enlarged to ``size`` with their peaks kept
+    (float16, as full-size files hold them)."""
+    if not len(cams):
+        return np.zeros((0, *size), dtype=np.float16)
+    maps = torch.from_numpy(cams.astype(np.float32))
+    return resize_keeping_peaks(maps, size).numpy().astype(np.float16)
 
 
 def write_cam(path: Path, classes: np.ndarray, cams: np.ndarray, scores: np.ndarray,

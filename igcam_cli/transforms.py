@@ -20,6 +20,17 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
+def resize_keeping_peaks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, H, W) maps resized (bilinear, antialiased when shrinking), each scaled back to its
+    own maximum: resampling lowers a sharp peak, and a CAM's peak says how surely its class
+    fires (1 after ``normalise``, smaller for a map that barely fires). An all-zero map stays
+    zero. How ``cam --store-stride`` shrinks maps and ``read_cam`` enlarges them."""
+    resized = resize(maps[None].float(), size)[0]
+    before, after = (m.flatten(1).amax(1) for m in (maps.float(), resized))
+    scale = torch.where(after > 0, before / after.clamp_min(1e-30), torch.zeros_like(after))
+    return resized * scale[:, None, None]
+
+
 def normalise(maps: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
     """Divide every map (the last two dimensions) by its own maximum, at least ``floor``.
 

@@ -179,10 +179,11 @@ def test_train_aff_bad_inputs(cam_run: Path, tmp_path: Path) -> None:
 
 
 def test_run_takes_crf_s_threshold_from_the_walked_maps(tiny_voc: Path, tmp_path: Path) -> None:
-    """The default chain rw+crf with ground truth: the walk first, its maps swept, DenseCRF on
-    those maps at the sweep's best threshold."""
+    """The chain rw+crf with ground truth: the walk first, its maps swept, DenseCRF on those
+    maps at the sweep's best threshold."""
     run = tmp_path / "run"
-    result = igcam("run", "--run", run, "--voc", tiny_voc, "--epochs", "1", "--crop", "64",
+    result = igcam("run", "--run", run, "--voc", tiny_voc, "--refine", "rw+crf", "--epochs", "1",
+                   "--crop", "64",
                    "--batch-size", "8", "--scales", "1.0", "--device", "cpu", "--vis", "0")
     assert result.returncode == 0, result.stderr
     walk = json.loads((run / "eval" / "walk.json").read_text())["report"]

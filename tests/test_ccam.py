@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from conftest import igcam
 
-from igcam_cli.artifacts import read_npz
+from igcam_cli.artifacts import read_cam
 from igcam_cli.methods.ccam import CcamConfig, class_conditional
 from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import CamNet
@@ -108,6 +108,7 @@ def test_crops_make_the_weaker_object_the_peak_of_its_own_crop() -> None:
 
 def test_ccam_method_through_the_cli(trained_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
     common = ("--run", trained_run, "--voc", tiny_voc, "--scales", "1.0", "--no-flip",
+              "--store-stride", "1",  # the maps as computed, to compare ccam with its base
               "--shard", "0/6", "--device", "cpu")  # 4 of the 24 images: ccam is costly
     plain = igcam("cam", *common, "--out", tmp_path / "cam")
     assert plain.returncode == 0, plain.stderr
@@ -117,7 +118,7 @@ def test_ccam_method_through_the_cli(trained_run: Path, tiny_voc: Path, tmp_path
     assert len(files) == 4
     peaks = []
     for path in files:
-        ccam, cam = read_npz(path), read_npz(tmp_path / "cam" / path.name)
+        ccam, cam = read_cam(path), read_cam(tmp_path / "cam" / path.name)
         assert ccam["cams"].shape == cam["cams"].shape and ccam["cams"].shape[1:] == (64, 64)
         # ccam only adds evidence to the CAM it starts from (float16 rounding aside)
         assert np.all(ccam["cams"].astype(np.float32) >= cam["cams"].astype(np.float32) - 1e-2)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import igcam
 
-from igcam_cli.artifacts import read_npz
+from igcam_cli.artifacts import read_cam
 from igcam_cli.methods.cpmc import CpmcConfig, affinity, cpmc, propagate
 from igcam_cli.models import CamNet
 
@@ -95,7 +95,7 @@ def test_cpmc_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None:
     assert result.returncode == 0, result.stderr
     files = sorted((trained_run / "cam-cpmc").glob("*.npz"))
     assert len(files) == 24
-    maps = [read_npz(f)["cams"] for f in files]
+    maps = [read_cam(f)["cams"] for f in files]
     assert all(m.shape[1:] == (64, 64) for m in maps)
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32) for m in maps])
     assert np.all(np.isclose(peaks, 1, atol=1e-2) | (peaks == 0)) and (peaks > 0).any()

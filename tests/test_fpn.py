@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TRAIN, igcam
 
-from igcam_cli.artifacts import read_npz, write_npz, write_torch
+from igcam_cli.artifacts import read_cam, write_npz, write_torch
 from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
@@ -151,7 +151,7 @@ def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
     assert result.returncode == 0, result.stderr
     assert len(list((run / "cam").glob("*.npz"))) == len(samples)
     for sample in samples:
-        data = read_npz(run / "cam" / f"{sample.id}.npz")
+        data = read_cam(run / "cam" / f"{sample.id}.npz")
         assert data["classes"].tolist() == sorted(sample.labels)
         assert data["cams"].shape == (len(sample.labels), 64, 64)
         assert np.allclose(data["cams"].reshape(len(sample.labels), -1).max(1), 1, atol=1e-3)
@@ -171,8 +171,8 @@ def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
     assert result.returncode == 0, result.stderr
     changed = 0
     for sample in samples:
-        weighted = read_npz(out / f"{sample.id}.npz")["cams"].astype(np.float32)
-        plain = read_npz(run / "cam" / f"{sample.id}.npz")["cams"].astype(np.float32)
+        weighted = read_cam(out / f"{sample.id}.npz")["cams"].astype(np.float32)
+        plain = read_cam(run / "cam" / f"{sample.id}.npz")["cams"].astype(np.float32)
         assert weighted.shape == plain.shape
         changed += not np.allclose(weighted, plain, atol=1e-2)
     assert changed > len(samples) // 2

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from conftest import igcam
 
-from igcam_cli.artifacts import read_npz
+from igcam_cli.artifacts import read_cam
 from igcam_cli.methods.igcam import GuidanceConfig, box_means, instance_guided, spread
 
 
@@ -62,11 +62,11 @@ def test_igcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None
     assert result.returncode == 0, result.stderr
     files = sorted((trained_run / "cam-igcam").glob("*.npz"))
     assert len(files) == 24
-    assert read_npz(files[0])["cams"].shape[1:] == (64, 64)
+    assert read_cam(files[0])["cams"].shape[1:] == (64, 64)
     # Renormalised: each class map peaks at 1, or is all zero where the two-epoch classifier
     # has no positive evidence for the class (then no box gets any weight either).
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32)
-                            for m in (read_npz(f)["cams"] for f in files)])
+                            for m in (read_cam(f)["cams"] for f in files)])
     assert np.all(np.isclose(peaks, 1, atol=1e-2) | (peaks == 0)) and (peaks > 0).any()
 
 

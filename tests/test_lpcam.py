@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import igcam
 from PIL import Image
 
-from igcam_cli.artifacts import RunDir, read_npz
+from igcam_cli.artifacts import RunDir, read_cam
 from igcam_cli.datasets import Dataset, Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import MethodContext
@@ -204,7 +204,7 @@ def test_lpcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None
     assert len(stored["class_prototypes"]) == len(stored["class_ids"]) > 0
     files = sorted((trained_run / "cam-lpcam").glob("*.npz"))
     assert len(files) == 24
-    maps = [read_npz(f)["cams"] for f in files]
+    maps = [read_cam(f)["cams"] for f in files]
     assert maps[0].shape[1:] == (64, 64)
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32) for m in maps])
     assert np.all(np.isclose(peaks, 1, atol=1e-2) | (peaks == 0)) and (peaks > 0).any()

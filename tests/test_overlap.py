@@ -238,8 +238,9 @@ def test_cam_overlapped_files_equal_the_serial_files(trained_run: Path, tiny_voc
 
 def test_cam_files_hold_the_one_image_computation(trained_run: Path, tiny_voc: Path,
                                                   tmp_path: Path) -> None:
-    """Bit for bit what the maps computed for one image, converted by numpy, give."""
-    config = _cam_config(trained_run, tiny_voc, tmp_path / "cam")
+    """Bit for bit what the maps computed for one image, converted by numpy, give (kept at
+    full size: --store-stride 1)."""
+    config = _cam_config(trained_run, tiny_voc, tmp_path / "cam", store_stride=1)
     out = cam(config)
     model, _ = load_classifier(trained_run / "train-cls" / "classifier.pt", torch.device("cpu"))
     model = model.to(memory_format=torch.channels_last)

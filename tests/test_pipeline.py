@@ -17,7 +17,7 @@ import torch
 from conftest import igcam
 from PIL import Image
 
-from igcam_cli.artifacts import read_npz
+from igcam_cli.artifacts import read_cam
 from igcam_cli.demo_data import make_demo_dataset
 
 
@@ -43,14 +43,14 @@ def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
     assert result.returncode == 0, result.stderr
     files = sorted((trained / "cam").glob("*.npz"))
     assert len(files) == 24
-    data = read_npz(files[0])
+    data = read_cam(files[0])
     mask = np.array(Image.open(tiny_voc / "SegmentationClass" / f"{files[0].stem}.png"))
     expected = sorted(int(v) - 1 for v in set(mask.flat) - {0, 255})
     assert data["classes"].tolist() == expected
     assert data["cams"].dtype == np.float16 and data["cams"].shape[1:] == mask.shape
     # Max-normalised: each class map peaks at 1, or is all zero where the (barely trained)
     # classifier has no positive evidence for the class at all.
-    maps = [read_npz(f)["cams"] for f in files]
+    maps = [read_cam(f)["cams"] for f in files]
     peaks = np.concatenate([m.reshape(len(m), -1).max(axis=1).astype(np.float32) for m in maps])
     assert np.all(np.isclose(peaks, 1.0, atol=1e-3) | (peaks == 0))
     assert np.isclose(peaks, 1.0, atol=1e-3).any()
@@ -102,7 +102,7 @@ def test_cam_on_bare_folder_predicts_classes(trained: Path, tiny_voc: Path,
                    tiny_voc / "classes.txt", "--scales", "1.0", "--out", tmp_path / "cam",
                    "--score-threshold", "0.0")
     assert result.returncode == 0, result.stderr
-    data = read_npz(tmp_path / "cam" / "gray.npz")
+    data = read_cam(tmp_path / "cam" / "gray.npz")
     assert data["classes"].tolist() == [0, 1, 2, 3, 4]  # every class above threshold 0
     assert data["scores"].shape == (5,)
 
@@ -147,7 +147,7 @@ def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) ->
     partial = sorted(out.glob("*.npz"))
     assert 3 <= len(partial) < 40
     for path in partial:  # atomic writes: whatever exists is complete
-        read_npz(path)
+        read_cam(path)
     assert not (out / "manifest.json").exists()
 
     result = igcam("cam", "--run", trained, *args, "--out", out)
@@ -157,7 +157,7 @@ def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) ->
     assert manifest["counts"]["processed"] == 40 - len(partial)
     assert not list(out.glob(".igcam-tmp-*"))
     for path in sorted(clean.glob("*.npz")):
-        a, b = read_npz(path), read_npz(out / path.name)
+        a, b = read_cam(path), read_cam(out / path.name)
         assert a["classes"].tolist() == b["classes"].tolist()
         assert np.allclose(a["cams"].astype(np.float32), b["cams"].astype(np.float32), atol=2e-3)
 
@@ -245,7 +245,7 @@ def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
         result = igcam("cam", "--run", trained, "--voc", data, "--scales", "1.0", "--device",
                        "cpu", "--max-side", side, "--out", out)
         assert result.returncode == 0, result.stderr
-        runs[side] = [read_npz(p) for p in sorted(out.glob("*.npz"))]
+        runs[side] = [read_cam(p) for p in sorted(out.glob("*.npz"))]
     manifest = json.loads((tmp_path / "cam-48" / "manifest.json").read_text())
     assert manifest["counts"]["downscaled"] == 4 and "downscaled" not in json.loads(
         (tmp_path / "cam-0" / "manifest.json").read_text())["counts"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from conftest import TRAIN, igcam
 
-from igcam_cli.artifacts import read_npz, sha256_file
+from igcam_cli.artifacts import read_cam, sha256_file
 from igcam_cli.backbones import build_backbone
 from igcam_cli.models import CamNet
 from igcam_cli.training.losses import frozen_copy, mam_loss, rcm_loss
@@ -110,7 +110,7 @@ def test_selfsup_stage_writes_a_classifier_cam_can_use(trained_run: Path, tiny_v
                    "--out", out, "--scales", "1.0", "--no-flip", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     files = sorted(out.glob("*.npz"))
-    assert len(files) == 24 and read_npz(files[0])["cams"].shape[1:] == (64, 64)
+    assert len(files) == 24 and read_cam(files[0])["cams"].shape[1:] == (64, 64)
 
 
 def test_unknown_stage_is_a_one_line_error(tmp_path: Path, tiny_voc: Path) -> None:

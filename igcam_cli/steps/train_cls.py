@@ -117,9 +117,10 @@ class TrainConfig(DataStepConfig):
     fpn_channels: int = option(
         128, "Channels of every FPN level; the neck's cost grows with their square (128 adds "
              "about one EfficientNet-Lite0 pass).", min=16)
-    head_bias: bool | None = option(
-        None, "Stage 1: give the classifier a logit bias, started at the label frequencies "
-              "(CAMs never use it). Default: on with --fpn, off without.",
+    head_bias: bool = option(
+        True, "Stage 1: give the classifier a logit bias, started at the label frequencies "
+              "(CAMs never use it). Measured better on voc-real (crf masks 43.1 against 40.6 "
+              "mIoU) and coco128-voc (seeds 29.1 against 23.4).",
         flag="--head-bias/--no-head-bias")
     # Options of the training stages, by --stage name; a stage missing here gets its defaults.
     stage_options: dict[str, Any] = field(default_factory=dict)

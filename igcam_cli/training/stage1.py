@@ -20,7 +20,7 @@ class Stage1Settings(StageSettings, Protocol):
     weights: Path | None
     fpn: bool
     fpn_channels: int
-    head_bias: bool | None
+    head_bias: bool
 
 
 def prior_logits(samples: list[Sample], num_classes: int) -> torch.Tensor:
