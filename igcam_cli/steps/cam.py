@@ -75,8 +75,9 @@ class CamConfig(ClassifierStepConfig):
         4, "Keep the maps at 1/N of the image's size in the CAM files (antialiased bilinear); "
            "every later step reads them enlarged back to the image. Measured on voc-real "
            "(bench/RESULTS.md): 4 makes the files 12.9x smaller than 1 (full size) and moves "
-           "seed and DenseCRF mIoU by 0.01; 8, 43x and 0.04. Each file says its own size, so a "
-           "folder may mix strides (one made before this option is full size).", min=1)
+           "seed and DenseCRF mIoU by at most 0.01; 8, 43x and 0.03. Each file says its own "
+           "size, so a folder may mix strides (one made before this option is full size).",
+        min=1)
     precision: str = option(
         "fp32", "fp32, or bf16 / fp16: the network under torch.autocast in that type (faster "
                 "on GPUs with tensor cores; the maps change slightly, see bench/RESULTS.md). "
