@@ -107,6 +107,15 @@ def _mixed_folder(root: Path) -> tuple[Path, Path]:
     return images, root / "labels.json"
 
 
+def _folder_cam(root: Path, out: str, **changes: object) -> CamConfig:
+    """``cam`` over :func:`_mixed_folder`'s images in ``root``, with ``root/run``'s classifier."""
+    base = CamConfig(run=root / "run", out=root / out, device="cpu",
+                     **{"scales": (1.0,), **changes})
+    return replace(base, dataset=replace(base.dataset, images=root / "images",
+                                         labels=root / "labels.json",
+                                         classes=root / "classes.txt"))
+
+
 def _train_tiny(run: Path) -> None:
     """A classifier of the folder's four classes, untrained (batching is what is tested)."""
     (run / "train-cls").mkdir(parents=True)
@@ -115,18 +124,10 @@ def _train_tiny(run: Path) -> None:
 
 
 def test_cam_step_batched_writes_the_one_image_files(tmp_path: Path) -> None:
-    images, labels = _mixed_folder(tmp_path)
-    run = tmp_path / "run"
-    _train_tiny(run)
-
-    def config(out: str, batch: int) -> CamConfig:
-        base = CamConfig(run=run, out=tmp_path / out, scales=(1.0, 0.5), device="cpu",
-                         batch_images=batch)
-        return replace(base, dataset=replace(base.dataset, images=images, labels=labels,
-                                                        classes=tmp_path / "classes.txt"))
-
-    one = cam(config("one", 1))
-    many = cam(config("many", 4))
+    _mixed_folder(tmp_path)
+    _train_tiny(tmp_path / "run")
+    one = cam(_folder_cam(tmp_path, "one", scales=(1.0, 0.5), batch_images=1))
+    many = cam(_folder_cam(tmp_path, "many", scales=(1.0, 0.5), batch_images=4))
     names = sorted(p.name for p in one.glob("*.npz"))
     assert len(names) == 9 and names == sorted(p.name for p in many.glob("*.npz"))
     for name in names:
@@ -199,17 +200,10 @@ def test_a_problem_in_a_batch_stays_with_its_image(tmp_path: Path) -> None:
 
 def test_bf16_autocast_changes_the_maps_a_little_and_is_part_of_the_recipe(tmp_path: Path
                                                                           ) -> None:
-    images, labels = _mixed_folder(tmp_path)
-    run = tmp_path / "run"
-    _train_tiny(run)
-
-    def config(out: str, precision: str) -> CamConfig:
-        base = CamConfig(run=run, out=tmp_path / out, scales=(1.0,), device="cpu",
-                         precision=precision)
-        return replace(base, dataset=replace(base.dataset, images=images, labels=labels,
-                                             classes=tmp_path / "classes.txt"))
-
-    full, half = cam(config("fp32", "fp32")), cam(config("bf16", "bf16"))
+    _mixed_folder(tmp_path)
+    _train_tiny(tmp_path / "run")
+    full = cam(_folder_cam(tmp_path, "fp32", precision="fp32"))
+    half = cam(_folder_cam(tmp_path, "bf16", precision="bf16"))
     differences = []
     for path in sorted(full.glob("*.npz")):
         a, b = read_cam(path), read_cam(half / path.name)
@@ -222,17 +216,10 @@ def test_bf16_autocast_changes_the_maps_a_little_and_is_part_of_the_recipe(tmp_p
 
 def test_store_stride_keeps_small_maps_that_every_reader_gets_at_the_image_s_size(
         tmp_path: Path) -> None:
-    images, labels = _mixed_folder(tmp_path)
-    run = tmp_path / "run"
-    _train_tiny(run)
-
-    def config(out: str, stride: int) -> CamConfig:
-        base = CamConfig(run=run, out=tmp_path / out, scales=(1.0,), device="cpu",
-                         store_stride=stride)
-        return replace(base, dataset=replace(base.dataset, images=images, labels=labels,
-                                             classes=tmp_path / "classes.txt"))
-
-    full, small = cam(config("full", 1)), cam(config("small", 4))
+    _mixed_folder(tmp_path)
+    _train_tiny(tmp_path / "run")
+    full = cam(_folder_cam(tmp_path, "full", store_stride=1))
+    small = cam(_folder_cam(tmp_path, "small", store_stride=4))
     for path in sorted(full.glob("*.npz")):
         raw = np.load(small / path.name)
         a, b = read_cam(path), read_cam(small / path.name)
@@ -260,12 +247,9 @@ def test_a_folder_made_before_an_option_existed_is_valid_at_its_default(tmp_path
                                                                        ) -> None:
     """Manifests written before --precision lack it: such a folder is resumed as made at its
     default, and refused for another value."""
-    images, labels = _mixed_folder(tmp_path)
-    run = tmp_path / "run"
-    _train_tiny(run)
-    base = CamConfig(run=run, out=tmp_path / "cam", scales=(1.0,), device="cpu")
-    config = replace(base, dataset=replace(base.dataset, images=images, labels=labels,
-                                           classes=tmp_path / "classes.txt"))
+    _mixed_folder(tmp_path)
+    _train_tiny(tmp_path / "run")
+    config = _folder_cam(tmp_path, "cam")
     out = cam(config)
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["recipe"]["precision"]
