@@ -292,7 +292,9 @@ def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path:
     """SIGINT in the middle of the overlapped runner: the process ends at once on its one line
     with status 130 (no thread keeps it alive), every file is whole, and a rerun finishes the
     rest."""
-    data = make_demo_dataset(tmp_path / "data", n_train=40, size=96, seed=5)
+    # 192-px images at 3 scales: enough work that the step is still running when the signal
+    # comes (at 96 px the faster cam step finished all 40 on an idle machine first)
+    data = make_demo_dataset(tmp_path / "data", n_train=40, size=192, seed=5)
     out = tmp_path / "cam"
     args = ("cam", "--run", trained_run, "--voc", data, "--scales", "1.0,2.0,3.0",
             "--device", "cpu", "--out", out)
