@@ -195,8 +195,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                            f"({type(exc).__name__}: {exc})") from None
 
 
-def read_cam(path: Path) -> dict[str, np.ndarray]:
-    """A CAM file, checked: an inconsistent one is that image's problem, not a wrong mask."""
+def read_cam(path: Path, full_size: bool = True) -> dict[str, np.ndarray]:
+    """A CAM file, checked: an inconsistent one is that image's problem, not a wrong mask.
+
+    ``full_size=False`` leaves maps stored at a stride as they are, for readers that want only
+    the classes, scores or image path (the enlargement is the costly part of a read).
+    """
     data = read_npz(path)
     missing = {"classes", "cams", "scores", "image"} - set(data)
     if missing:
@@ -214,15 +218,14 @@ def read_cam(path: Path) -> dict[str, np.ndarray]:
         if len(size) != 2 or not all(a >= b for a, b in zip(size, cams.shape[1:], strict=True)):
             raise ImageProblem(f"{path}: inconsistent CAM file (size {size}, cams "
                                f"{cams.shape})")
-        data["cams"] = enlarge(cams, size)
+        if full_size:
+            data["cams"] = enlarge(cams, size)
     return data
 
 
 def enlarge(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(K, h, w) float16 maps stored at a stride, enlarged to ``size`` with their peaks kept
     (float16, as full-size files hold them)."""
-    if not len(cams):
-        return np.zeros((0, *size), dtype=np.float16)
     maps = torch.from_numpy(cams.astype(np.float32))
     return resize_keeping_peaks(maps, size).numpy().astype(np.float16)
 

@@ -25,6 +25,8 @@ def resize_keeping_peaks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     own maximum: resampling lowers a sharp peak, and a CAM's peak says how surely its class
     fires (1 after ``normalise``, smaller for a map that barely fires). An all-zero map stays
     zero. How ``cam --store-stride`` shrinks maps and ``read_cam`` enlarges them."""
+    if not len(maps):
+        return maps.new_zeros((0, *size), dtype=torch.float32)
     resized = resize(maps[None].float(), size)[0]
     before, after = (m.flatten(1).amax(1) for m in (maps.float(), resized))
     scale = torch.where(after > 0, before / after.clamp_min(1e-30), torch.zeros_like(after))

@@ -145,7 +145,7 @@ def _photo_path(facts: RunFacts, image_id: str) -> Path | None:
     for method in facts.methods:
         path = method.path / f"{image_id}.npz"
         if method.kind == "cams" and path.is_file():
-            return Path(str(read_cam(path)["image"]))
+            return Path(str(read_cam(path, full_size=False)["image"]))
     return None
 
 

@@ -154,8 +154,7 @@ def cam(config: CamConfig) -> Path:
                     else maps.new_zeros((0, *size)))
         stored = stored_size(size, config.store_stride)
         if stored != size:  # kept at a stride, each map's peak kept as read_cam will
-            maps = (resize_keeping_peaks(maps, stored) if len(maps)
-                    else maps.new_zeros((0, *stored)))
+            maps = resize_keeping_peaks(maps, stored)
         # float16 on the device: half the bytes to copy, and the same rounding as numpy's.
         return (np.array(classes), maps.to(torch.float16).cpu().numpy(),
                 probs.float().cpu().numpy(), None if stored == size else size)

@@ -137,7 +137,7 @@ def target_labels(maps: Maps, config: AffinityConfig) -> np.ndarray:
 def _check_cam_classes(files: list[Path], num_classes: int, cams: Path) -> None:
     """CAM files of another class list would train on wrong labels: a user error."""
     for path in files:
-        classes = read_cam(path)["classes"]
+        classes = read_cam(path, full_size=False)["classes"]
         if len(classes) and int(classes.max()) >= num_classes:
             raise IgcamError(f"{path} has class id {int(classes.max())} but the classifier "
                              f"knows {num_classes} classes: the CAMs in {cams} come from "
@@ -148,7 +148,7 @@ def _cache(net: BoundaryNet, sample: Sample, labels_dir: Path, paths: PathAffini
            max_side: int, device: torch.device
            ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
     """One image's frozen stage maps (float16) and its pair masks on the stride-4 grid."""
-    source = Path(str(read_cam(sample.image)["image"]))
+    source = Path(str(read_cam(sample.image, full_size=False)["image"]))
     image = to_tensor(read_image(source, max_side or None)).to(device)
     stages = [s.half().cpu() for s in net.stages(image[None])]
     labels = torch.from_numpy(read_label_map(labels_dir / f"{sample.id}.png").astype(np.int64))
