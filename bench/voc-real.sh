@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Every refiner side by side on ../shared/data/voc-real (302 VOC 2012 train photos, the WSSS
-# protocol: classifier trained on their labels, masks made and scored for the same images), in
-# one run directory with one classifier and one set of CAMs. Seeds are scored over a threshold
-# sweep; each refiner runs at the seed sweep's best threshold, and the walks also keep their
-# propagated maps (--save-scores) so that their own threshold sweep is scored too. Wall time
-# and peak memory of every step go to $RUN/times.txt, the table to $RUN/table.md.
+# Every CAM method and every refiner side by side on ../shared/data/voc-real (302 VOC 2012
+# train photos, the WSSS protocol: classifier trained on their labels, masks made and scored for
+# the same images), in one run directory with one classifier. Seeds are scored over a threshold
+# sweep; each refiner runs on the plain CAMs at the seed sweep's best threshold, and the walks
+# also keep their propagated maps (--save-scores) so that their own threshold sweep is scored
+# too. Each of METHODS makes its own CAMs (RUN/cam-METHOD), scored by their sweep and by
+# DenseCRF masks at its best threshold. Wall time and peak memory of every step go to
+# $RUN/times.txt, the table to $RUN/table.md. Finished steps are skipped, so the script
+# resumes, and it can run in the directory of `igcam run` (RUN=...) on that run's classifier.
 # Run from the repository root:  bash bench/voc-real.sh
 set -euo pipefail
 DATA=${DATA:-../shared/data/voc-real}
@@ -13,6 +16,7 @@ BACKBONE=${BACKBONE:-efficientnet-lite0}
 EPOCHS=${EPOCHS:-10}
 DEVICE=${DEVICE:-auto}
 REFINERS=${REFINERS:-none crf par rw rw+crf}
+METHODS=${METHODS-lpcam ccam cpmc igcam}  # METHODS= for none
 LOG=$RUN/times.txt
 SCALES=${SCALES:-1.0,0.5,1.5,2.0}
 source "$(dirname "$0")/lib.sh"
@@ -40,5 +44,11 @@ for method in $REFINERS; do
     igcam eval --voc "$DATA" --cams "$RUN/refine-$method/scores" \
       --out "$RUN/eval/scores-$method.json"
   fi
+done
+case " $METHODS " in *igcam*)
+  [ -f "$RUN/propose/manifest.json" ] || step propose igcam propose --run "$RUN" --voc "$DATA" --workers 2 ;;
+esac
+for method in $METHODS; do
+  variant "$method" --method "$method"
 done
 python3 "$(dirname "$0")/table.py" "$RUN" | tee "$RUN/table.md"
