@@ -44,8 +44,8 @@ class RunConfig(DataStepConfig):
     backbone: str = option("efficientnet-lite0", "Backbone (see train-cls).")
     weights: Path | None = option(None, "ImageNet weight file for the backbone (see train-cls).")
     epochs: int | None = option(None, "Epochs (default: scaled to the data).", min=1)
-    batch_size: int = option(16, "Images per batch.", min=1)
-    crop: int = option(512, "Training crop side.", min=32)
+    batch_size: int = option(8, "Images per batch (see train-cls).", min=1)
+    crop: int = option(448, "Training crop side (see train-cls).", min=32)
     lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     threshold: float | None = option(
