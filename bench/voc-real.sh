@@ -46,7 +46,8 @@ for method in $REFINERS; do
   fi
 done
 case " $METHODS " in *igcam*)
-  [ -f "$RUN/propose/manifest.json" ] || step propose igcam propose --run "$RUN" --voc "$DATA" --workers 2 ;;
+  [ -f "$RUN/propose/manifest.json" ] || step propose igcam propose --run "$RUN" \
+    --voc "$DATA" --workers 2 ;;
 esac
 for method in $METHODS; do
   variant "$method" --method "$method"

@@ -30,7 +30,7 @@ from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 from igcam_cli.steps.refine import DEFAULT_THRESHOLD, RefineConfig, default_out, refine
 from igcam_cli.steps.report import ReportConfig, report
 from igcam_cli.steps.train_aff import AffinityConfig, train_aff
-from igcam_cli.steps.train_cls import TrainConfig, train_cls
+from igcam_cli.steps.train_cls import DEFAULT_BATCH_SIZE, DEFAULT_CROP, TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
 # The best measured chain with train-cls's default head bias, on voc-real (302 photos,
@@ -44,8 +44,8 @@ class RunConfig(DataStepConfig):
     backbone: str = option("efficientnet-lite0", "Backbone (see train-cls).")
     weights: Path | None = option(None, "ImageNet weight file for the backbone (see train-cls).")
     epochs: int | None = option(None, "Epochs (default: scaled to the data).", min=1)
-    batch_size: int = option(8, "Images per batch (see train-cls).", min=1)
-    crop: int = option(448, "Training crop side (see train-cls).", min=32)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "Images per batch (see train-cls).", min=1)
+    crop: int = option(DEFAULT_CROP, "Training crop side (see train-cls).", min=32)
     lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     threshold: float | None = option(

@@ -69,6 +69,11 @@ from igcam_cli.transforms import to_tensor, train_augment
 TRAINING_ONLY = frozenset({"resume", "loader_workers", "keep_checkpoints"})
 
 
+# The training recipe measured best on voc-real (with EPOCH_IMAGES below); `igcam run` shares it.
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_CROP = 448
+
+
 @dataclass
 class TrainConfig(DataStepConfig):
     backbone: str = option(
@@ -81,9 +86,9 @@ class TrainConfig(DataStepConfig):
     epochs: int | None = option(
         None, "Epochs; default scales with the dataset: about 3,000 images seen (10 epochs of "
               "302 images, 5 for VOC train_aug), 5 to 30.", min=1)
-    batch_size: int = option(8, "Images per batch.", min=1)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "Images per batch.", min=1)
     crop: int = option(
-        448, "Training crop side; images are resized to a random long side in "
+        DEFAULT_CROP, "Training crop side; images are resized to a random long side in "
              "[0.625, 1.25] x crop.", min=32)
     lr: float | None = option(
         None, "Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
@@ -136,7 +141,7 @@ EPOCH_IMAGES = 3000
 
 def auto_epochs(num_images: int) -> int:
     """About EPOCH_IMAGES images seen, 5 to 30 epochs: small sets need more passes to learn, but
-    302 photos already overfit at 22 (train mAP 0.98, worse masks); IRN trains 5 on 10,582."""
+    302 photos gave worse masks at 22 (train mAP 0.98); IRN trains 5 on 10,582."""
     return int(min(30, max(5, math.ceil(EPOCH_IMAGES / max(num_images, 1)))))
 
 
