@@ -77,6 +77,14 @@ class RunDir:
         folder = self.step("cam")
         return folder if method == "cam" else folder.with_name(f"cam-{method}")
 
+    def no_cams(self, cams: Path) -> IgcamError:
+        """The error for a CAM folder without CAM files; it names the run's CAM folders that
+        have some (``igcam run`` writes lpcam's to ``cam-lpcam``, not the default ``cam``)."""
+        others = sorted(str(p) for p in self.root.glob("cam*")
+                        if p.is_dir() and p != cams and any(p.glob("*.npz")))
+        hint = f"pass --cams {' or '.join(others)}" if others else "run `igcam cam` first"
+        return IgcamError(f"no CAM files in {cams} ({hint})")
+
     def eval_report(self, name: str) -> Path:
         return self.step("eval") / f"{name}.json"
 

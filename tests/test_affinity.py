@@ -193,9 +193,14 @@ def test_run_takes_crf_s_threshold_from_the_walked_maps(tiny_voc: Path, tmp_path
     assert result.returncode == 0, result.stderr
     walk = json.loads((run / "eval" / "walk.json").read_text())["report"]
     assert walk["threshold"] == float(max(walk["sweep"], key=walk["sweep"].get))
-    masks = json.loads((run / "refine-rw+crf" / "manifest.json").read_text())["config"]
+    # run's default method is lpcam: its maps, walks and masks have folders of their own.
+    walked = json.loads((run / "refine-lpcam-rw" / "manifest.json").read_text())["config"]
+    assert Path(walked["cams"]) == run / "cam-lpcam"
+    masks = json.loads((run / "refine-lpcam-rw+crf" / "manifest.json").read_text())["config"]
     assert masks["method"] == "crf" and masks["threshold"] == walk["threshold"]
-    assert Path(masks["cams"]) == run / "refine-rw" / "scores"
+    assert Path(masks["cams"]) == run / "refine-lpcam-rw" / "scores"
+    aff = json.loads((run / "train-aff" / "manifest.json").read_text())["config"]
+    assert Path(aff["cams"]) == run / "cam-lpcam"
     assert (run / "train-aff" / "affinity.pt").is_file()
     mask = json.loads((run / "eval" / "mask.json").read_text())
     assert f"threshold {walk['threshold']}" in mask["config"]["name"]

@@ -210,7 +210,7 @@ def test_run_on_coco_end_to_end(coco: Path, tmp_path: Path) -> None:
                    "--batch-size", "4", "--scales", "1.0", "--refine", "none", "--device", "cpu",
                    "--vis", "2")
     assert result.returncode == 0, result.stderr
-    masks = sorted((run / "refine-none").glob("*.png"))
+    masks = sorted((run / "refine-lpcam-none").glob("*.png"))
     assert [p.stem for p in masks] == sorted(_name(n) for n in ANNOTATIONS)
     assert read_label_map(masks[0]).shape == (SIDE, SIDE)
     for name in ("seed", "mask"):

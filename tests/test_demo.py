@@ -28,4 +28,5 @@ def test_demo_masks_beat_all_background(tmp_path: Path) -> None:
     assert "mIoU" in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(str(run / "report.html"))
     assert "seed" in (run / "report.html").read_text()
-    assert json.loads((run / "refine" / "manifest.json").read_text())["config"]["method"] == "crf"
+    masks = json.loads((run / "refine-lpcam-crf" / "manifest.json").read_text())["config"]
+    assert masks["method"] == "crf" and Path(masks["cams"]) == run / "cam-lpcam"

@@ -46,6 +46,10 @@ class CamMethod(abc.ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # The background threshold measured best for this method's maps on voc-real (the default
+    # classifier, bench/RESULTS.md), which ``refine`` uses when none is given; None: not
+    # measured. Methods differ: LPCAM's maps stand higher on the object than the CAM's.
+    threshold: ClassVar[float | None] = None
 
     def __init__(self, context: MethodContext, options: Any = None) -> None:
         self.context = context

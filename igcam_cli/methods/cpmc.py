@@ -155,6 +155,7 @@ class Cpmc(CamMethod):
     correct each other, adding missed parts and removing background."""
 
     name = "cpmc"
+    threshold = 0.30  # seed 38.5 mIoU on voc-real
     Options = CpmcConfig
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,

@@ -313,6 +313,7 @@ class Lpcam(CamMethod):
     once into RUN/prototypes)."""
 
     name = "lpcam"
+    threshold = 0.65  # seed 45.3 mIoU on voc-real; 39.6 at the CAM's 0.40
     Options = LpcamConfig
 
     def setup(self) -> None:

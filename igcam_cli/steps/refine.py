@@ -19,19 +19,19 @@ from typing import Any
 import numpy as np
 
 from igcam_cli import distributed, options
-from igcam_cli.artifacts import RunDir, ensure_dir, read_cam, write_cam
+from igcam_cli.artifacts import RunDir, ensure_dir, read_cam, read_manifest, write_cam
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import save_label_map
+from igcam_cli.methods import CAM_THRESHOLD, METHODS, measured_threshold
 from igcam_cli.options import option
 from igcam_cli.refiners import Maps, RefineChain, RefineContext, parse_refiners, refiner_help
 from igcam_cli.runner import ImageStep, ImageWork, resolve_device
 
-# The best measured for the default pipeline (train-cls's head bias, then crf) on voc-real (302
-# photos, EfficientNet-Lite0; tuned on them): crf masks 40.0 / 42.2 / 43.1 mIoU at 0.30 / 0.35 /
-# 0.40, the seed sweep's best also 0.40 (bench/RESULTS.md). IRN's 0.15 lost 2 points or more.
-DEFAULT_THRESHOLD = 0.40
 DEFAULT_METHOD = "crf"
+THRESHOLDS = ", ".join([f"cam {CAM_THRESHOLD}"] + [f"{name} {method.threshold}"
+                                                   for name, method in METHODS.items()
+                                                   if method.threshold is not None])
 
 
 @dataclass
@@ -43,9 +43,11 @@ class RefineConfig:
         DEFAULT_METHOD, "none: the background threshold alone. " + refiner_help() +
         " Join them with '+' to chain them (e.g. rw+crf); a stage that decides the labels "
         "(crf) comes last.")
-    threshold: float = option(
-        DEFAULT_THRESHOLD, "Background threshold: pixels whose best class score (after the "
-                           "method's propagation) is at most this are background.")
+    threshold: float | None = option(
+        None, "Background threshold: pixels whose best class score (after the method's "
+              "propagation) is at most this are background. Default: the one measured best on "
+              f"voc-real for the CAM method named in the CAM folder's manifest ({THRESHOLDS}), "
+              f"{CAM_THRESHOLD} for maps of unknown origin.")
     bg_threshold: float | None = option(
         None, "Optional lower threshold: scores between it and --threshold become 255 "
               "(uncertain).")
@@ -113,17 +115,37 @@ def default_out(run: RunDir, method: str) -> Path:
     return folder if method == DEFAULT_METHOD else folder.with_name(f"refine-{method}")
 
 
+def default_threshold(cams: Path) -> tuple[float, str]:
+    """The threshold measured best for the maps in ``cams`` and where it comes from: the method
+    that the folder's ``cam`` manifest names, or the plain CAM's for other maps (a refiner's
+    saved scores, a folder whose shards are not merged)."""
+    manifest = read_manifest(cams) or {}
+    method = manifest.get("config", {}).get("method") if manifest.get("step") == "cam" else None
+    if isinstance(method, str):
+        try:
+            return measured_threshold(method), f"measured best for {method}'s maps"
+        except IgcamError:  # a method this version does not know
+            pass
+    return CAM_THRESHOLD, "the CAM's measured best; the maps' method is unknown"
+
+
 def refine(config: RefineConfig) -> Path:
     """Write one palette PNG per CAM file."""
     options.check(config)
+    run = RunDir(config.run)
+    cams = config.cams or run.step("cam")
+    if not cams.is_dir() or not any(cams.glob("*.npz")):
+        raise run.no_cams(cams)
+    chosen = ""
+    if config.threshold is None:
+        # Resolved before the manifest is written, so the recipe records the number used.
+        threshold, why = default_threshold(cams)
+        chosen = f" (background threshold {threshold}: {why})"
+        config = replace(config, threshold=threshold)
     if config.bg_threshold is not None and config.bg_threshold >= config.threshold:
         raise IgcamError("--bg-threshold must be below --threshold")
     shard = distributed.shard(config.shard)
     names = parse_refiners(config.method)
-    run = RunDir(config.run)
-    cams = config.cams or run.step("cam")
-    if not cams.is_dir() or not any(cams.glob("*.npz")):
-        raise IgcamError(f"no CAM files in {cams} (run `igcam cam` first)")
     context = RefineContext(run, resolve_device(config.device), config.threshold,
                             config.max_side)
     chain = RefineChain(names, context, config.method_options)
@@ -142,4 +164,4 @@ def refine(config: RefineConfig) -> Path:
              lambda s: step.out / f"{s.id}.png", overwrite=config.overwrite,
              strict=config.strict, workers=1 if chain.in_process else config.workers,
              io_workers=config.io_workers)
-    return step.finish("masks written")
+    return step.finish("masks written", chosen)

@@ -1,13 +1,14 @@
 """``igcam run``: every step in order into one run directory, skipping finished work.
 
 train-cls -> cam -> [eval of the CAMs] -> [train-aff, for rw] -> refine -> [eval of the
-masks] -> overlay pictures, the evals when the dataset has ground truth. The default refiner
-is ``crf``, the best measured on real photos with the default classifier (bench/RESULTS.md);
-``--refine rw+crf`` adds the random walk, which spreads the CAMs over their objects before
-DenseCRF snaps the result to the image's edges.
+masks] -> overlay pictures, the evals when the dataset has ground truth. The default CAM method
+is ``lpcam`` and the default refiner ``crf``: the best measured on real photos with the default
+classifier (bench/RESULTS.md). ``--refine rw+crf`` adds the random walk, which spreads the CAMs
+over their objects before DenseCRF snaps the result to the image's edges.
 
 Without ``threshold`` the background threshold comes from a sweep when there is ground truth
-(how WSSS papers report seeds), else it is ``refine``'s default. A walk changes how high the
+(how WSSS papers report seeds), else it is the one measured best for the CAM method (what
+``refine`` picks by itself). A walk changes how high the
 maps stand (its best threshold lies above the seeds'), so a chain that starts with walks is run
 in two passes: the walks alone, keeping their maps, whose sweep gives the threshold for the
 labelling stage (crf) over those maps. Each step keeps its own resumability, so a rerun continues
@@ -22,20 +23,23 @@ from pathlib import Path
 from igcam_cli import options
 from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import dataset_format
+from igcam_cli.methods import measured_threshold
 from igcam_cli.options import option
 from igcam_cli.refiners import REFINERS, parse_refiners
 from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
-from igcam_cli.steps.refine import DEFAULT_THRESHOLD, RefineConfig, default_out, refine
+from igcam_cli.steps.refine import RefineConfig, default_out, refine
 from igcam_cli.steps.report import ReportConfig, report
 from igcam_cli.steps.train_aff import AffinityConfig, train_aff
 from igcam_cli.steps.train_cls import DEFAULT_BATCH_SIZE, DEFAULT_CROP, TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
-# The best measured chain with train-cls's default head bias, on voc-real (302 photos,
-# EfficientNet-Lite0): crf 43.1 mIoU against 38.2 for rw+crf and 39.4 for the seeds; the walk
-# helped only the bias-free classifier, to 42.2 (bench/RESULTS.md).
+# The best measured with train-cls's defaults on voc-real (302 photos, EfficientNet-Lite0, one
+# classifier; bench/RESULTS.md): lpcam's seeds 45.3 mIoU and crf masks 50.0, against 39.3 / 43.0
+# for the plain CAM and 38.5 / 42.2 for cpmc; with the CAM, crf 43.1 beat rw+crf's 38.2 (the
+# walk helped only the bias-free classifier, to 42.2).
+DEFAULT_METHOD = "lpcam"
 DEFAULT_PIPELINE = "crf"
 
 
@@ -48,10 +52,15 @@ class RunConfig(DataStepConfig):
     crop: int = option(DEFAULT_CROP, "Training crop side (see train-cls).", min=32)
     lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
+    method: str = option(
+        DEFAULT_METHOD, "CAM method (see `igcam cam --method`), with its default options; its "
+                        "maps go to RUN/cam-METHOD (RUN/cam for cam). lpcam builds prototypes "
+                        "from the labelled images first and takes about 2.4x cam's time.")
     threshold: float | None = option(
         None, "Background threshold for the masks. Default: the best of the seed sweep when "
-              f"the dataset has ground truth, else {DEFAULT_THRESHOLD} (the best measured on "
-              "voc-real for the default pipeline).")
+              "the dataset has ground truth, else the one measured best on voc-real for "
+              f"--method ({measured_threshold(DEFAULT_METHOD)} for {DEFAULT_METHOD}, see "
+              "`igcam refine --help`).")
     refine: str = option(
         DEFAULT_PIPELINE, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
                           "train-aff runs first. With ground truth and no --threshold, a chain "
@@ -63,6 +72,14 @@ class RunConfig(DataStepConfig):
     strict: bool = options.strict()
 
 
+def masks_folder(folders: RunDir, method: str, refiners: str) -> Path:
+    """``refine``'s folder for these refiners over the plain CAM's maps, and
+    ``refine-<method>-<refiners>`` over another method's, so that the masks of two methods
+    never share (and refuse) one folder."""
+    out = default_out(folders, refiners)
+    return out if method == "cam" else out.with_name(f"refine-{method}-{refiners}")
+
+
 def run(config: RunConfig) -> dict[str, dict]:
     """Run the pipeline; returns the eval reports by name (empty without ground truth)."""
     train_cls(TrainConfig(
@@ -71,7 +88,7 @@ def run(config: RunConfig) -> dict[str, dict]:
         crop=config.crop, lr=config.lr, device=config.device, strict=config.strict,
         resume=True))
     cams = cam(CamConfig(run=config.run, dataset=config.dataset, scales=config.scales,
-                         device=config.device, strict=config.strict))
+                         method=config.method, device=config.device, strict=config.strict))
     folders = RunDir(config.run)
     fmt = dataset_format(config.dataset)
     gt = fmt.ground_truth(config.dataset) if fmt is not None else None
@@ -81,26 +98,30 @@ def run(config: RunConfig) -> dict[str, dict]:
     common = {"dataset": EvalData.of(config.dataset), "workers": config.workers}
     if gt is not None:
         reports["seed"] = evaluate(EvalConfig(
-            cams=cams, out=folders.eval_report("seed"), name="seed (CAM, threshold sweep)",
-            **common))
+            cams=cams, out=folders.eval_report("seed"),
+            name=f"seed ({config.method}, threshold sweep)", **common))
     threshold = config.threshold
     if threshold is None:
-        threshold = reports["seed"]["threshold"] if "seed" in reports else DEFAULT_THRESHOLD
-        console.print(f"run: background threshold {threshold} "
-                      f"({'best of the seed sweep' if 'seed' in reports else 'default'})")
+        if "seed" in reports:
+            threshold, why = reports["seed"]["threshold"], "best of the seed sweep"
+        else:
+            threshold, why = measured_threshold(config.method), f"measured best for {config.method}"
+        console.print(f"run: background threshold {threshold} ({why})")
+    # The plain CAM's folder is the default of train-aff and refine, left unsaid so that the
+    # recipes match those of the same steps run by hand (and of runs made before --method).
+    given = None if config.method == "cam" else cams
     names = parse_refiners(config.refine)
     if "rw" in names:
-        train_aff(AffinityConfig(run=config.run, device=config.device,
+        train_aff(AffinityConfig(run=config.run, cams=given, device=config.device,
                                  workers=config.workers, strict=config.strict, resume=True))
     walks = names[:next((i for i, n in enumerate(names) if REFINERS[n].sets_labels), len(names))]
     common_refine = {"run": config.run, "device": config.device, "workers": config.workers,
                      "strict": config.strict}
-    # The CAMs are in RUN/cam, the default of train-aff and refine: left unsaid, so that the
-    # recipes match those of the same steps run by hand.
-    source, method = None, config.refine
+    source, method = given, config.refine
     if walks and len(walks) < len(names) and gt is not None and config.threshold is None:
         walk = "+".join(walks)
-        walked = refine(RefineConfig(threshold=threshold, method=walk,
+        walked = refine(RefineConfig(cams=given, threshold=threshold, method=walk,
+                                     out=masks_folder(folders, config.method, walk),
                                      save_scores=True, **common_refine))
         reports["walk"] = evaluate(EvalConfig(
             cams=walked / "scores", out=folders.eval_report("walk"),
@@ -109,7 +130,8 @@ def run(config: RunConfig) -> dict[str, dict]:
         console.print(f"run: background threshold {threshold} (best of the walked maps' sweep)")
         source, method = walked / "scores", "+".join(names[len(walks):])
     masks = refine(RefineConfig(cams=source, threshold=threshold, method=method,
-                                out=default_out(folders, config.refine), **common_refine))
+                                out=masks_folder(folders, config.method, config.refine),
+                                **common_refine))
     if gt is not None:
         reports["mask"] = evaluate(EvalConfig(
             pred=masks, out=folders.eval_report("mask"),

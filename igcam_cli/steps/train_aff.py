@@ -184,7 +184,7 @@ def train_aff(config: AffinityConfig) -> Path:
     cams = config.cams or run.step("cam")
     files = sorted(cams.glob("*.npz")) if cams.is_dir() else []
     if not files:
-        raise IgcamError(f"no CAM files in {cams} (run `igcam cam` first)")
+        raise run.no_cams(cams)
     checkpoint = config.checkpoint or run.classifier()
     device = resolve_device(config.device)
     classifier, payload = load_classifier(checkpoint, device)
