@@ -71,17 +71,19 @@ def _run(samples: list[Sample], work: ImageWork, out: Path, *, io_workers: int =
     return record
 
 
-def _no_leftovers(out: Path, baseline_threads: int) -> None:
+def _no_leftovers(out: Path, before: set[threading.Thread]) -> None:
     """No temporary files, every file whole, and no runner thread left running."""
     assert not list(out.glob(TMP_PREFIX + "*"))
     for path in out.glob("*.npz"):
         read_npz(path)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("igcam-")]
     # rich's progress bar stops its refresh thread without joining it: it ends within 0.1 s.
+    # Threads alive before the run (an earlier test's ending refresh thread) may end meanwhile:
+    # only threads the run started count.
     deadline = time.monotonic() + 2
-    while threading.active_count() > baseline_threads and time.monotonic() < deadline:
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == baseline_threads, threading.enumerate()
+    assert not set(threading.enumerate()) - before, threading.enumerate()
 
 
 @pytest.mark.parametrize("io_workers", [1, 2, 3])
@@ -149,7 +151,7 @@ def test_a_writer_failure_is_reported_not_swallowed(tmp_path: Path) -> None:
     def bug(sample: Sample, result: np.ndarray) -> None:
         raise ValueError("a bug in the writer")
 
-    baseline = threading.active_count()
+    baseline = set(threading.enumerate())
     with pytest.raises(ValueError, match="a bug in the writer"):
         _run(samples, _work(out, write=bug), out, overwrite=True)
     _no_leftovers(out, baseline)
@@ -187,7 +189,7 @@ def test_a_stop_in_compute_leaves_whole_files_and_no_threads(tmp_path: Path,
             raise error
         return _mean_colour(sample, image)
 
-    baseline = threading.active_count()
+    baseline = set(threading.enumerate())
     with pytest.raises(type(error)):
         _run(samples, _work(out, compute=compute, write=slow_write), out)
     _no_leftovers(out, baseline)
@@ -198,7 +200,7 @@ def test_a_strict_failure_stops_the_threads_too(tmp_path: Path) -> None:
     samples = _images(tmp_path / "images", 10, broken={3})
     out = tmp_path / "out"
     out.mkdir()
-    baseline = threading.active_count()
+    baseline = set(threading.enumerate())
     with pytest.raises(ImageProblem):
         _run(samples, _work(out), out, strict=True)
     _no_leftovers(out, baseline)
