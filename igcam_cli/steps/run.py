@@ -76,8 +76,9 @@ def masks_folder(folders: RunDir, method: str, refiners: str) -> Path:
     """``refine``'s folder for these refiners over the plain CAM's maps, and
     ``refine-<method>-<refiners>`` over another method's, so that the masks of two methods
     never share (and refuse) one folder."""
-    out = default_out(folders, refiners)
-    return out if method == "cam" else out.with_name(f"refine-{method}-{refiners}")
+    if method == "cam":
+        return default_out(folders, refiners)
+    return folders.step("refine").with_name(f"refine-{method}-{refiners}")
 
 
 def run(config: RunConfig) -> dict[str, dict]:
