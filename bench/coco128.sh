@@ -24,10 +24,10 @@ step eval-seed igcam eval --cams "$RUN/cam" --gt "$GT" --split "$SPLIT" \
   --out "$RUN/eval/seed.json"
 T=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['report']['threshold'])" \
   "$RUN/eval/seed.json")
-for crf in no-crf crf; do
-  step "refine-$crf" igcam refine --run "$RUN" --threshold "$T" "--$crf" --workers 2 \
-    --out "$RUN/refine-$crf"
-  step "eval-$crf" igcam eval --pred "$RUN/refine-$crf" --gt "$GT" --split "$SPLIT" \
-    --out "$RUN/eval/mask-$crf.json"
+for refiner in none crf; do
+  step "refine-$refiner" igcam refine --run "$RUN" --threshold "$T" --method "$refiner" \
+    --workers 2 --out "$RUN/refine-$refiner"
+  step "eval-$refiner" igcam eval --pred "$RUN/refine-$refiner" --gt "$GT" --split "$SPLIT" \
+    --out "$RUN/eval/mask-$refiner.json"
 done
 cat "$RUN/times.txt"

@@ -28,9 +28,10 @@ ig cam --run "$RUN" --voc "$DATA" --device $DEVICE
 ig eval --cams "$RUN/cam" --gt "$GT" --split "$SPLIT" --out "$RUN/eval/seed.json"
 T=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['report']['threshold'])" \
   "$RUN/eval/seed.json")
-for crf in no-crf crf; do
-  ig refine --run "$RUN" --threshold "$T" "--$crf" --workers 2 --out "$RUN/refine-$crf"
-  ig eval --pred "$RUN/refine-$crf" --gt "$GT" --split "$SPLIT" --out "$RUN/eval/mask-$crf.json"
+for refiner in none crf; do
+  ig refine --run "$RUN" --threshold "$T" --method "$refiner" --workers 2 --out "$RUN/refine-$refiner"
+  ig eval --pred "$RUN/refine-$refiner" --gt "$GT" --split "$SPLIT" \
+    --out "$RUN/eval/mask-$refiner.json"
 done
 S=(--voc "$SUB" --device $DEVICE --scales 1.0,0.5)
 ig propose --run "$RUN" --voc "$SUB" --workers 2
