@@ -151,6 +151,22 @@ def test_what_made_a_folder_comes_back_from_its_manifest(tmp_path: Path, method:
     assert made_by(masks) == MadeBy("refine", method=method, refiners=refiners)
 
 
+def test_masks_refined_from_a_walk_s_maps_are_made_by_both_chains(tmp_path: Path) -> None:
+    """``run`` walks first (keeping the walked maps), then crf labels the walked maps."""
+    run = RunDir(tmp_path)
+    cams = _finished(run.cam("lpcam"), "cam", {"method": "lpcam"})
+    walked = _finished(run.masks("lpcam", "rw"), "refine",
+                       {"method": "rw", "run": str(tmp_path), "out": str(run.masks("lpcam", "rw"))},
+                       {"cams": str(cams)})
+    ensure_dir(RunDir.refined_scores(walked))
+    masks = _finished(run.masks("lpcam", "rw+crf"), "refine",
+                      {"method": "crf", "run": str(tmp_path),
+                       "out": str(run.masks("lpcam", "rw+crf"))},
+                      {"cams": str(RunDir.refined_scores(walked))})
+    assert made_by(masks) == MadeBy("refine", "lpcam", "rw+crf")
+    assert made_by(RunDir.refined_scores(walked)) is None  # maps, not a step's folder
+
+
 def test_what_made_a_moved_run_s_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Paths in manifests are as typed (relative to where the step ran): a run moved
     elsewhere still says which CAM method its masks come from."""

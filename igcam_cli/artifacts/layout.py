@@ -163,6 +163,11 @@ class RunDir:
         return masks / REFINED_SCORES_DIR
 
     @staticmethod
+    def refined_by(scores: Path) -> Path | None:
+        """The mask folder whose refined maps ``scores`` holds, if it is such a folder."""
+        return scores.parent if scores.name == REFINED_SCORES_DIR else None
+
+    @staticmethod
     def manifest(folder: Path) -> Path:
         """A step folder's manifest: the whole run's, or its shards' merged."""
         return folder / MANIFEST_FILE

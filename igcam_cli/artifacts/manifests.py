@@ -134,8 +134,13 @@ class MadeBy:
 def made_by(folder: Path) -> MadeBy | None:
     """The step (and CAM method, refiner chain) that made ``folder``, from its manifest; None
     while it has no finished one (a step still running, shards not merged, maps that no step
-    of this run made). The CAM method of masks is that of the CAM folder their manifest
-    names, when that folder is still where it was (or moved with the run)."""
+    of this run made). Masks come from the CAM method of the folder their manifest names,
+    when it is still where it was (or moved with the run); masks refined from another
+    refine's saved maps (``run``'s walks, then crf) are made by both chains, joined."""
+    return _made_by(folder, frozenset())
+
+
+def _made_by(folder: Path, seen: frozenset[Path]) -> MadeBy | None:
     manifest = read_manifest(folder)
     if manifest is None:
         return None
@@ -147,12 +152,19 @@ def made_by(folder: Path) -> MadeBy | None:
     config, inputs = (manifest.get(key) for key in ("config", "inputs"))
     config = config if isinstance(config, dict) else {}
     cams = inputs.get("cams") if isinstance(inputs, dict) else None
-    method = None
-    if isinstance(cams, str):
-        source = read_manifest(_in_this_run(cams, folder, config))
-        if source is not None and source.get("step") == "cam":
-            method = _method(source)
-    return MadeBy(step, method=method, refiners=_method(manifest))
+    refiners = _method(manifest)
+    if not isinstance(cams, str):
+        return MadeBy(step, refiners=refiners)
+    source = _in_this_run(cams, folder, config)
+    walked = RunDir.refined_by(source)
+    if walked is not None and walked.resolve() not in seen | {folder.resolve()}:
+        before = _made_by(walked, seen | {folder.resolve()})
+        if before is not None and before.step == "refine":
+            chain = "+".join(c for c in (before.refiners, refiners) if c is not None)
+            return MadeBy(step, method=before.method, refiners=chain or None)
+    made = read_manifest(source)
+    method = _method(made) if made is not None and made.get("step") == "cam" else None
+    return MadeBy(step, method=method, refiners=refiners)
 
 
 def _in_this_run(recorded: str, folder: Path, config: dict[str, Any]) -> Path:
