@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -32,7 +31,11 @@ from igcam_cli.artifacts import (
     ensure_dir,
     jsonable,
     merge_finished_shards,
+    option_defaults,
     read_manifest,
+    recipe_differences,
+    recipe_of,
+    recipes,
     remove_stale_temps,
 )
 from igcam_cli.datasets import DatasetSpec, Sample
@@ -327,23 +330,6 @@ def _collect(outcomes: Iterable[str | None], total: int, record: StepRecord, str
                 warn(record, message, strict)
 
 
-# Options that change how a step runs but not what it writes.
-# The device and --batch-images change float rounding only (tests/test_batching.py: at most
-# one float16 step in the CAM files). --store-stride changes how a CAM file keeps its maps, not
-# what a reader gets beyond resampling (mIoU within 0.01 at 4 on voc-real), and every file says
-# its own size: a folder made at full size before the option existed is resumed at stride 4.
-NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "workers",
-                              "io_workers", "device", "batch_images", "store_stride"})
-
-
-def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """What a step's outputs depend on: its config without the options that change none of
-    them, and the hashes of its inputs (the classifier)."""
-    recipe = {k: v for k, v in record.config.items() if k not in NO_OUTPUT_EFFECT | also_exempt}
-    recipe.update({k: v for k, v in record.inputs.items() if k.endswith("sha256")})
-    return recipe
-
-
 def trained_already(name: str, final: Path, record: StepRecord, config_type: type) -> bool:
     """Whether a training step's ``final`` file exists, made with ``record``'s recipe; made
     with another, the step refuses rather than skip to a network that the options do not
@@ -359,38 +345,6 @@ def trained_already(name: str, final: Path, record: StepRecord, config_type: typ
                          "another --run, or delete that folder to retrain")
     console.print(f"{name}: {final} exists, skipping (delete it to retrain)")
     return True
-
-
-def option_defaults(config_type: type) -> dict[str, Any]:
-    """A config class's option defaults as a manifest records them (nested ones nested)."""
-    defaults: dict[str, Any] = {}
-    for item in fields(config_type):
-        if item.metadata.get("nested"):
-            defaults[item.name] = option_defaults(item.default_factory)  # type: ignore[arg-type]
-        elif item.default is not MISSING:
-            defaults[item.name] = jsonable(item.default)
-        elif item.default_factory is not MISSING:
-            defaults[item.name] = jsonable(item.default_factory())
-    return defaults
-
-
-def recipe_differences(recipe: dict[str, Any], other: dict[str, Any],
-                       defaults: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
-    """The keys on which two recipes disagree (``dataset.split`` inside a nested one). A key
-    one recipe lacks counts as its option's default in ``defaults`` there (None if it has
-    none): an option added since a manifest was written (``--precision``) leaves the folders
-    made without it valid while it keeps its default."""
-    defaults = defaults or {}
-    differs = []
-    for key in recipe.keys() | other.keys():
-        mine, theirs = (side.get(key, defaults.get(key)) for side in (recipe, other))
-        if isinstance(mine, dict) and isinstance(theirs, dict):
-            nested = defaults.get(key)
-            differs += recipe_differences(mine, theirs, nested if isinstance(nested, dict)
-                                          else None, f"{prefix}{key}.")
-        elif mine != theirs:
-            differs.append(prefix + key)
-    return sorted(differs)
 
 
 class ImageStep:
@@ -432,8 +386,7 @@ class ImageStep:
         if "recipe" in self.record.extra:
             return
         recipe = self.record.extra["recipe"] = recipe_of(self.record)
-        made = {path: json.loads(path.read_text()).get("recipe")
-                for path in self.out.glob("manifest*.json")}
+        made = recipes(self.out)
         differs = sorted({key for other in made.values() if other is not None
                           for key in recipe_differences(recipe, other, self.defaults)})
         if not differs:

@@ -78,7 +78,7 @@ class DatasetSpec:
               "(annotations/instances_train2014.json -> train2014/ beside annotations/, or "
               "beside the file).")
     # None means coco: manifests written before the COCO format have no such key, and read
-    # as None, so their folders stay valid (runner.recipe_differences).
+    # as None, so their folders stay valid (artifacts.recipe_differences).
     coco_classes: str | None = option(
         None, "Classes of --coco: 'coco' (the default), the JSON's categories in category-id "
               "order with their names (80 for COCO), or 'voc', the 20 PASCAL VOC classes "

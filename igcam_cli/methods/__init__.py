@@ -8,11 +8,14 @@ the instance-guided fusion as its base, so a combination is an option, not anoth
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from igcam_cli.artifacts import made_by
 from igcam_cli.datasets import Sample
+from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import CamMethod, MethodContext
 from igcam_cli.methods.ccam import ClassConditional
 from igcam_cli.methods.cpmc import Cpmc
@@ -45,6 +48,21 @@ def measured_threshold(spec: str) -> float:
     return CAM_THRESHOLD
 
 
+def cams_threshold(cams: Path) -> tuple[float, str]:
+    """The threshold measured best for the maps in ``cams`` and where it comes from: the
+    method that the folder's ``cam`` manifest names, or the plain CAM's for other maps (a
+    refiner's saved scores, a folder whose shards are not merged, a method this version does
+    not know). ``refine`` and ``run`` take it when no threshold is given."""
+    origin = made_by(cams)
+    method = origin.method if origin is not None and origin.step == "cam" else None
+    if method is not None:
+        try:
+            return measured_threshold(method), f"measured best for {method}'s maps"
+        except IgcamError:  # a method this version does not know
+            pass
+    return CAM_THRESHOLD, "the CAM's measured best; the maps' method is unknown"
+
+
 def parse_methods(spec: str) -> list[str]:
     """``cam`` -> [], ``lpcam+igcam`` -> ['lpcam', 'igcam']; unknown names are a user error."""
     return parse_chain(spec, METHODS, "cam")
@@ -70,5 +88,5 @@ def method_help() -> str:
                     for name, method in METHODS.items())
 
 
-__all__ = ["CAM_THRESHOLD", "METHODS", "CamMethod", "Chain", "MethodContext", "measured_threshold",
-           "method_help", "parse_methods"]
+__all__ = ["CAM_THRESHOLD", "METHODS", "CamMethod", "Chain", "MethodContext", "cams_threshold",
+           "measured_threshold", "method_help", "parse_methods"]

@@ -272,8 +272,8 @@ def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.
               **{k: v for k, v in asdict(options).items() if k != "prototypes"},
               "flip": context.flip, "foreground": FOREGROUND, "class_min": CLASS_MIN,
               "context_range": list(CONTEXT_RANGE)}
-    manifest = artifacts.read_manifest(folder)
-    if manifest is not None and (folder / artifacts.PROTOTYPES_FILE).is_file():
+    manifest = artifacts.read_manifest(folder, unfinished_if_damaged=True)
+    if manifest is not None and artifacts.RunDir.prototypes(folder).is_file():
         made = manifest.get("recipe", {})
         differs = [k for k in recipe if made.get(k) != recipe[k]]
         if not differs:

@@ -41,7 +41,7 @@ class RandomWalk(Refiner):
     in_process = True
 
     def setup(self) -> None:
-        path = self.options.checkpoint or self.context.run.step("train-aff") / "affinity.pt"
+        path = self.options.checkpoint or self.context.run.affinity()
         self.net, _ = load_boundary_net(path, self.context.device)
         self.paths = PathAffinity(self.options.radius, half=False)
 

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igcam_cli.artifacts import MANIFEST_FILE, RunDir
+from igcam_cli.artifacts import (
+    RunDir,
+    finished_manifests,
+    ran_in,
+    read_json,
+    recorded_path,
+)
 from igcam_cli.datasets import DatasetSpec, GroundTruth, MaskFolder, dataset_format
 from igcam_cli.errors import IgcamError
-
-METRICS_FILE = "metrics.json"  # RUN/train-cls*/: one record per epoch
-CAM_FOLDER, MASK_FOLDER = "cam", "refine"  # RUN/cam, RUN/cam-<method>; RUN/refine, refine-<x>
 
 
 @dataclass
@@ -86,41 +89,22 @@ class RunFacts:
         return [m for m in self.methods if m.evaluation is not None]
 
 
-def _load(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    """A JSON object, or None (noted in ``problems``) when the file is damaged."""
+def _eval_report(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """An eval report, or None (noted in ``problems``) when the file is damaged."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path}: unreadable ({type(exc).__name__})")
+        return read_json(path, "eval report", "left out")
+    except IgcamError as error:
+        problems.append(str(error))
         return None
-    if not isinstance(data, dict):
-        problems.append(f"{path}: not a manifest")
-        return None
-    return data
-
-
-def _origin(actual: Path, recorded: Any) -> Path:
-    """The directory a step ran in, from where its output is (``actual``) and how the step
-    named it (``recorded``, e.g. ``bench/runs/x``); the current directory when unknown."""
-    if isinstance(recorded, str) and not Path(recorded).is_absolute():
-        parts, found = Path(recorded).parts, actual.resolve().parts
-        if parts and ".." not in parts and found[-len(parts):] == parts:
-            return Path(*found[:-len(parts)])
-    return Path.cwd()
-
-
-def _resolve(recorded: str, origin: Path) -> Path:
-    path = Path(recorded)
-    return path if path.is_absolute() else (origin / path).resolve()
 
 
 def _scored_folder(recorded: str, out: Any, origin: Path, root: Path) -> Path:
     """The folder an eval scored, where it lies in this run: found through the eval's own
     ``--out`` (``RUN/eval/NAME.json``), so a run that moved is read where it is now; else the
     recorded path."""
-    folder = _resolve(recorded, origin)
+    folder = recorded_path(recorded, origin)
     if isinstance(out, str):
-        recorded_root = _resolve(out, origin).parent.parent
+        recorded_root = recorded_path(out, origin).parent.parent
         if folder.is_relative_to(recorded_root):
             inside = root / folder.relative_to(recorded_root)
             if inside.is_dir():
@@ -147,16 +131,6 @@ def _step(name: str, where: str, manifests: list[dict[str, Any]]) -> Step:
                 shards=sum(len(m.get("shards") or [m]) for m in manifests))
 
 
-def _manifests(folder: Path, problems: list[str]) -> list[dict[str, Any]]:
-    """A folder's finished manifests: ``manifest.json`` alone when there is one (a whole run,
-    or its shards merged, which it sums), else every shard's."""
-    whole = folder / MANIFEST_FILE
-    if whole.is_file() and (m := _load(whole, problems)) is not None and m.get("complete"):
-        return [m]
-    return [m for path in sorted(folder.glob("manifest.shard-*.json"))
-            if (m := _load(path, problems)) is not None and m.get("complete")]
-
-
 def _per_image(step: Step) -> float | None:
     processed = step.counts.get("processed", 0)
     return step.seconds / processed if step.seconds and processed else None
@@ -164,14 +138,6 @@ def _per_image(step: Step) -> float | None:
 
 def _files(folder: Path, kind: str) -> int:
     return sum(1 for _ in folder.glob("*.npz" if kind == "cams" else "*.png"))
-
-
-def _kind(folder: Path) -> str | None:
-    """``cams`` or ``masks`` for the run's CAM and refine folders (by their names), else None."""
-    for prefix, kind in ((CAM_FOLDER, "cams"), (MASK_FOLDER, "masks")):
-        if folder.name == prefix or folder.name.startswith(prefix + "-"):
-            return kind
-    return None
 
 
 def _ground_truth(dataset: Any, origin: Path) -> GroundTruth | None:
@@ -194,11 +160,11 @@ def read_run(root: Path) -> RunFacts:
     methods: dict[Path, Method] = {}
     datasets: list[tuple[bool, dict[str, Any], Path]] = []  # (not a CAM step's, spec, origin)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        manifests = _manifests(folder, facts.problems)
-        kind = _kind(folder)
+        manifests = finished_manifests(folder, facts.problems)
+        kind = RunDir.kind(folder)
         if kind is not None and _files(folder, kind):
             methods[folder.resolve()] = Method(folder.name, kind, folder, _files(folder, kind))
-        if (folder / METRICS_FILE).is_file() or (manifests and manifests[0].get("step")
+        if RunDir.metrics(folder).is_file() or (manifests and manifests[0].get("step")
                                                    == "train-cls"):
             facts.trainings.append(_training(folder, manifests, facts.problems))
         if not manifests:
@@ -212,7 +178,7 @@ def read_run(root: Path) -> RunFacts:
         inputs = first.get("inputs") or {}
         if isinstance(inputs.get("dataset"), dict):
             spec = {k: v for k, v in inputs["dataset"].items() if v is not None}
-            origin = _origin(root, (first.get("config") or {}).get("run"))
+            origin = ran_in(root, (first.get("config") or {}).get("run"))
             datasets.append((kind != "cams", spec, origin))
             if step.name == "train-cls" or not facts.dataset:  # the classifier's data first
                 facts.dataset = {**spec, **{k: inputs[k] for k in ("num_images", "class_names")
@@ -235,7 +201,7 @@ def _training(folder: Path, manifests: list[dict[str, Any]], problems: list[str]
     settings = {k: v for k, v in recipe.items()
                 if isinstance(v, str | int | float) and not k.endswith("_sha256")}
     history = manifest.get("history")
-    metrics = folder / METRICS_FILE
+    metrics = RunDir.metrics(folder)
     if metrics.is_file():  # the per-epoch file is the one written as training goes
         try:
             history = json.loads(metrics.read_text())
@@ -249,16 +215,16 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
     """Attach every ``eval/*.json`` to the folder it scored. A folder scored more than once
     (on a subset of the images, say) shows the evaluation of the most images, the latest of
     those, and lists the others beside it."""
-    folder = RunDir(root).step("eval")
-    found = [(p, m) for p in sorted(folder.glob("*.json"))
-             if (m := _load(p, facts.problems)) is not None and isinstance(m.get("report"), dict)]
+    found = [(p, m) for p in RunDir(root).eval_reports()
+             if (m := _eval_report(p, facts.problems)) is not None
+             and isinstance(m.get("report"), dict)]
     def fullness(item: tuple[Path, dict[str, Any]]) -> tuple[int, str]:
         images = item[1]["report"].get("images")
         return images if isinstance(images, int) else 0, str(item[1].get("created", ""))
 
     for path, manifest in sorted(found, key=fullness):
         report, config = manifest["report"], manifest.get("config") or {}
-        origin = _origin(path, config.get("out"))
+        origin = ran_in(path, config.get("out"))
         scored = config.get("cams") if report.get("kind") == "cams" else config.get("pred")
         step = _step("eval", f"eval/{path.name}", [manifest])
         step.counts = {"images": report.get("images", 0),
@@ -275,7 +241,7 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
             method.other_evaluations[method.eval_file] = method.evaluation
         method.evaluation, method.eval_file = report, path.name
         gt = (manifest.get("inputs") or {}).get("gt")
-        if isinstance(gt, str) and _resolve(gt, origin).is_dir():
-            facts.gt = MaskFolder(_resolve(gt, origin))
+        if isinstance(gt, str) and recorded_path(gt, origin).is_dir():
+            facts.gt = MaskFolder(recorded_path(gt, origin))
         elif isinstance(gt, str):  # drawn from a dataset's annotations: the eval's dataset
             facts.gt = _ground_truth(config.get("dataset"), origin) or facts.gt

@@ -27,7 +27,8 @@ class DemoConfig:
 
 def demo(config: DemoConfig) -> dict[str, dict]:
     """Make ``RUN/data`` (idempotent) and run every step on it with demo-sized settings."""
-    data = config.run / "data"
+    folders = RunDir(config.run)
+    data = folders.demo_data()
     console.print(f"demo: dataset of {config.images} images ({config.size}px) in {data}")
     make_demo_dataset(data, n_train=config.images, size=config.size, seed=config.seed)
     reports = run(RunConfig(
@@ -41,6 +42,6 @@ def demo(config: DemoConfig) -> dict[str, dict]:
     if reports:
         console.print(f"demo: seed mIoU {100 * reports['seed']['miou']:.1f} "
                       f"(best threshold {reports['seed']['threshold']}), pseudo-mask mIoU "
-                      f"{100 * reports['mask']['miou']:.1f}; pictures in {config.run / 'vis'}")
-    console.print(f"demo: open the report {RunDir(config.run).report()}")
+                      f"{100 * reports['mask']['miou']:.1f}; pictures in {folders.step('vis')}")
+    console.print(f"demo: open the report {folders.report()}")
     return reports

@@ -35,9 +35,6 @@ import torch.nn.functional as F
 
 from igcam_cli import distributed, hessian, options
 from igcam_cli.artifacts import (
-    MAPS_DIR,
-    SCORES_FILE,
-    SOLUTION_FILE,
     RunDir,
     ensure_dir,
     fingerprint,
@@ -344,7 +341,7 @@ def influence(config: InfluenceConfig) -> Path:
                      "images_fingerprint": fingerprint(s.id for s in samples)}
     step.check_recipe(config.overwrite)  # before the solution or any map is rewritten
     key = _solution_key(config, checkpoint, samples)
-    solution_path = out / SOLUTION_FILE
+    solution_path = RunDir.influence_solution(out)
     stored = read_torch(solution_path, "influence solution") if solution_path.is_file() else None
     if stored is not None and stored.get("key") == key and not config.overwrite:
         vector = stored["vector"]
@@ -356,7 +353,7 @@ def influence(config: InfluenceConfig) -> Path:
                              "fraction or add images")
         solve = _solve_head if config.params == "head" else _solve_network
         solution = solve(model, samples, held, config, device)
-        write_scores(out / SCORES_FILE, zip(
+        write_scores(RunDir.influence_scores(out), zip(
             solution.ids, ("held-out" if h else "fit" for h in solution.held_out),
             solution.influence.tolist(),
             [None] * len(solution.ids) if solution.self_influence is None
@@ -368,7 +365,7 @@ def influence(config: InfluenceConfig) -> Path:
     console.print(f"influence: {len(samples)} images scored ({config.params}, {config.solver}) "
                   f"-> {out}")
     if config.maps:
-        maps_dir = ensure_dir(out / MAPS_DIR)
+        maps_dir = ensure_dir(RunDir.influence_maps(out))
         remove_stale_temps(maps_dir)
 
         def load(sample: Sample) -> torch.Tensor:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igcam_cli import options
+from igcam_cli.artifacts import RunDir
 from igcam_cli.artifacts import merge_shards as merge_folder
-from igcam_cli.artifacts import shard_manifests
 from igcam_cli.errors import IgcamError
 from igcam_cli.options import option
 from igcam_cli.runner import console
@@ -31,8 +31,8 @@ def merge_shards(config: MergeConfig) -> list[Path]:
     """Check each sharded folder's shards and write its merged manifest; returns them."""
     if not config.folder.is_dir():
         raise IgcamError(f"folder {config.folder} not found")
-    folders = [config.folder] if shard_manifests(config.folder) else sorted(
-        p for p in config.folder.iterdir() if p.is_dir() and shard_manifests(p))
+    folders = [config.folder] if RunDir.shard_manifests(config.folder) else sorted(
+        p for p in config.folder.iterdir() if p.is_dir() and RunDir.shard_manifests(p))
     if not folders:
         raise IgcamError(f"no shard manifests (manifest.shard-I-of-N.json) in {config.folder} "
                          "or its folders")

@@ -19,16 +19,15 @@ from typing import Any
 import numpy as np
 
 from igcam_cli import distributed, options
-from igcam_cli.artifacts import RunDir, ensure_dir, read_cam, read_manifest, write_cam
+from igcam_cli.artifacts import DEFAULT_REFINER, RunDir, ensure_dir, read_cam, write_cam
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import save_label_map
-from igcam_cli.methods import CAM_THRESHOLD, METHODS, measured_threshold
+from igcam_cli.methods import CAM_THRESHOLD, METHODS, cams_threshold
 from igcam_cli.options import option
 from igcam_cli.refiners import Maps, RefineChain, RefineContext, parse_refiners, refiner_help
 from igcam_cli.runner import ImageStep, ImageWork, resolve_device
 
-DEFAULT_METHOD = "crf"
 THRESHOLDS = ", ".join([f"cam {CAM_THRESHOLD}"] + [f"{name} {method.threshold}"
                                                    for name, method in METHODS.items()
                                                    if method.threshold is not None])
@@ -40,7 +39,7 @@ class RefineConfig:
     cams: Path | None = option(None, "CAM folder (default RUN/cam).")
     out: Path | None = options.out("RUN/refine, or RUN/refine-METHOD for another --method")
     method: str = option(
-        DEFAULT_METHOD, "none: the background threshold alone. " + refiner_help() +
+        DEFAULT_REFINER, "none: the background threshold alone. " + refiner_help() +
         " Join them with '+' to chain them (e.g. rw+crf); a stage that decides the labels "
         "(crf) comes last.")
     threshold: float | None = option(
@@ -108,38 +107,17 @@ class _RefineImage:
         return {**self.__dict__, "chain": None}  # networks are not shipped to workers
 
 
-def default_out(run: RunDir, method: str) -> Path:
-    """``RUN/refine`` for the default method, ``RUN/refine-<method>`` for any other, so that
-    one run directory holds every refiner's masks side by side."""
-    folder = run.step("refine")
-    return folder if method == DEFAULT_METHOD else folder.with_name(f"refine-{method}")
-
-
-def default_threshold(cams: Path) -> tuple[float, str]:
-    """The threshold measured best for the maps in ``cams`` and where it comes from: the method
-    that the folder's ``cam`` manifest names, or the plain CAM's for other maps (a refiner's
-    saved scores, a folder whose shards are not merged)."""
-    manifest = read_manifest(cams) or {}
-    method = manifest.get("config", {}).get("method") if manifest.get("step") == "cam" else None
-    if isinstance(method, str):
-        try:
-            return measured_threshold(method), f"measured best for {method}'s maps"
-        except IgcamError:  # a method this version does not know
-            pass
-    return CAM_THRESHOLD, "the CAM's measured best; the maps' method is unknown"
-
-
 def refine(config: RefineConfig) -> Path:
     """Write one palette PNG per CAM file."""
     options.check(config)
     run = RunDir(config.run)
-    cams = config.cams or run.step("cam")
+    cams = config.cams or run.cam()
     if not cams.is_dir() or not any(cams.glob("*.npz")):
         raise run.no_cams(cams)
     chosen = ""
     if config.threshold is None:
         # Resolved before the manifest is written, so the recipe records the number used.
-        threshold, why = default_threshold(cams)
+        threshold, why = cams_threshold(cams)
         chosen = f" (background threshold {threshold}: {why})"
         config = replace(config, threshold=threshold)
     if config.bg_threshold is not None and config.bg_threshold >= config.threshold:
@@ -152,12 +130,12 @@ def refine(config: RefineConfig) -> Path:
     for stage in chain.stages:
         stage.check()
     used = {stage.name: stage.options for stage in chain.stages}
-    step = ImageStep("refine", config.out or default_out(run, config.method),
+    step = ImageStep("refine", config.out or run.refine(config.method),
                      replace(config, method_options=used), shard)
     # Each CAM file stands in for its image: the sample's path is the .npz itself.
     samples = step.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])
     step.record.inputs = {"cams": str(cams), "num_cams": len(samples)}
-    scores = ensure_dir(step.out / "scores") if config.save_scores else None
+    scores = ensure_dir(RunDir.refined_scores(step.out)) if config.save_scores else None
     one = _RefineImage(names, context, used, config.bg_threshold, step.out, scores,
                        chain if chain.in_process else None)
     step.run(samples, ImageWork(one.load, one.compute, one.write),

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igcam_cli import options
-from igcam_cli.artifacts import RunDir
+from igcam_cli.artifacts import DEFAULT_REFINER, PLAIN_CAM, RunDir
 from igcam_cli.datasets import dataset_format
-from igcam_cli.methods import measured_threshold
+from igcam_cli.methods import cams_threshold, measured_threshold
 from igcam_cli.options import option
 from igcam_cli.refiners import REFINERS, parse_refiners
 from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
-from igcam_cli.steps.refine import RefineConfig, default_out, refine
+from igcam_cli.steps.refine import RefineConfig, refine
 from igcam_cli.steps.report import ReportConfig, report
 from igcam_cli.steps.train_aff import AffinityConfig, train_aff
 from igcam_cli.steps.train_cls import DEFAULT_BATCH_SIZE, DEFAULT_CROP, TrainConfig, train_cls
@@ -40,7 +40,6 @@ from igcam_cli.vis import write_overlays
 # for the plain CAM and 38.5 / 42.2 for cpmc; with the CAM, crf 43.1 beat rw+crf's 38.2 (the
 # walk helped only the bias-free classifier, to 42.2).
 DEFAULT_METHOD = "lpcam"
-DEFAULT_PIPELINE = "crf"
 
 
 @dataclass
@@ -62,7 +61,7 @@ class RunConfig(DataStepConfig):
               f"--method ({measured_threshold(DEFAULT_METHOD)} for {DEFAULT_METHOD}, see "
               "`igcam refine --help`).")
     refine: str = option(
-        DEFAULT_PIPELINE, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
+        DEFAULT_REFINER, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
                           "train-aff runs first. With ground truth and no --threshold, a chain "
                           "of walks (rw, par) then crf runs the walks first and takes crf's "
                           "threshold from the sweep of the walked maps.")
@@ -70,15 +69,6 @@ class RunConfig(DataStepConfig):
     workers: int = options.workers()
     vis: int = option(16, "Overlay pictures to write.", min=0)
     strict: bool = options.strict()
-
-
-def masks_folder(folders: RunDir, method: str, refiners: str) -> Path:
-    """``refine``'s folder for these refiners over the plain CAM's maps, and
-    ``refine-<method>-<refiners>`` over another method's, so that the masks of two methods
-    never share (and refuse) one folder."""
-    if method == "cam":
-        return default_out(folders, refiners)
-    return folders.step("refine").with_name(f"refine-{method}-{refiners}")
 
 
 def run(config: RunConfig) -> dict[str, dict]:
@@ -106,11 +96,11 @@ def run(config: RunConfig) -> dict[str, dict]:
         if "seed" in reports:
             threshold, why = reports["seed"]["threshold"], "best of the seed sweep"
         else:
-            threshold, why = measured_threshold(config.method), f"measured best for {config.method}"
+            threshold, why = cams_threshold(cams)
         console.print(f"run: background threshold {threshold} ({why})")
     # The plain CAM's folder is the default of train-aff and refine, left unsaid so that the
     # recipes match those of the same steps run by hand (and of runs made before --method).
-    given = None if config.method == "cam" else cams
+    given = None if config.method == PLAIN_CAM else cams
     names = parse_refiners(config.refine)
     if "rw" in names:
         train_aff(AffinityConfig(run=config.run, cams=given, device=config.device,
@@ -122,16 +112,16 @@ def run(config: RunConfig) -> dict[str, dict]:
     if walks and len(walks) < len(names) and gt is not None and config.threshold is None:
         walk = "+".join(walks)
         walked = refine(RefineConfig(cams=given, threshold=threshold, method=walk,
-                                     out=masks_folder(folders, config.method, walk),
+                                     out=folders.masks(config.method, walk),
                                      save_scores=True, **common_refine))
         reports["walk"] = evaluate(EvalConfig(
-            cams=walked / "scores", out=folders.eval_report("walk"),
+            cams=RunDir.refined_scores(walked), out=folders.eval_report("walk"),
             name=f"walked maps (refine --method {walk}, threshold sweep)", **common))
         threshold = reports["walk"]["threshold"]
         console.print(f"run: background threshold {threshold} (best of the walked maps' sweep)")
-        source, method = walked / "scores", "+".join(names[len(walks):])
+        source, method = RunDir.refined_scores(walked), "+".join(names[len(walks):])
     masks = refine(RefineConfig(cams=source, threshold=threshold, method=method,
-                                out=masks_folder(folders, config.method, config.refine),
+                                out=folders.masks(config.method, config.refine),
                                 **common_refine))
     if gt is not None:
         reports["mask"] = evaluate(EvalConfig(

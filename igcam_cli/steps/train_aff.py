@@ -44,6 +44,7 @@ from igcam_cli.artifacts import (
     jsonable,
     read_cam,
     read_torch,
+    recipe_of,
     remove_stale_temps,
     sha256_file,
     write_json,
@@ -60,7 +61,6 @@ from igcam_cli.runner import (
     ImageWork,
     console,
     progress_bar,
-    recipe_of,
     resolve_device,
     run_per_image,
     summarise_warnings,
@@ -69,8 +69,6 @@ from igcam_cli.runner import (
 )
 from igcam_cli.transforms import to_tensor
 
-AFFINITY_FILE = "affinity.pt"
-LABELS_DIR = "labels"
 # Options that change how training runs, not the network it ends with.
 TRAINING_ONLY = frozenset({"resume", "workers"})
 
@@ -171,17 +169,13 @@ def _target_statistics(labels_dir: Path, samples: list[Sample]) -> dict[str, flo
             "ignored": round(float(share[2]), 4)}
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("epoch-*.pt"))
-
-
 def train_aff(config: AffinityConfig) -> Path:
     """Make the targets, train the boundary head; returns the final checkpoint's path."""
     options.check(config)
     if config.bg_threshold >= config.fg_threshold:
         raise IgcamError("--bg-threshold must be below --fg-threshold")
     run = RunDir(config.run)
-    cams = config.cams or run.step("cam")
+    cams = config.cams or run.cam()
     files = sorted(cams.glob("*.npz")) if cams.is_dir() else []
     if not files:
         raise run.no_cams(cams)
@@ -190,7 +184,7 @@ def train_aff(config: AffinityConfig) -> Path:
     classifier, payload = load_classifier(checkpoint, device)
     out = ensure_dir(run.step("train-aff"))
     remove_stale_temps(out)
-    final = out / AFFINITY_FILE
+    final = run.affinity()
     record = StepRecord("train-aff", jsonable(asdict(config)))
     record.inputs = {"cams": str(cams), "num_cams": len(files),
                      "images_fingerprint": fingerprint(p.stem for p in files),
@@ -200,7 +194,7 @@ def train_aff(config: AffinityConfig) -> Path:
         return final
     _check_cam_classes(files, len(payload["class_names"]), cams)
     import_crf()
-    labels_dir = ensure_dir(out / LABELS_DIR)
+    labels_dir = ensure_dir(run.affinity_labels())
     remove_stale_temps(labels_dir)
     samples = [Sample(p.stem, p) for p in files]
     targets = _Targets(config, labels_dir)
@@ -225,7 +219,7 @@ def train_aff(config: AffinityConfig) -> Path:
         optimizer, config.epochs * steps_per_epoch, power=0.9)
     history: list[dict] = []
     start_epoch = 0
-    existing = _checkpoints(out)
+    existing = RunDir.epochs(out)
     if config.resume and existing:
         state = read_torch(existing[-1], "epoch checkpoint")
         try:
@@ -274,13 +268,13 @@ def train_aff(config: AffinityConfig) -> Path:
                             "accuracy_bg": accuracy[0], "accuracy_fg": accuracy[1],
                             "accuracy_neg": accuracy[2], "lr": scheduler.get_last_lr()[0],
                             "seconds": round(time.perf_counter() - started, 2)})
-            write_torch(out / f"epoch-{epoch + 1:03d}.pt", {
+            write_torch(RunDir.epoch(out, epoch + 1), {
                 "backbone": payload["backbone"], "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "history": history, "epoch": epoch + 1})
-            for old in _checkpoints(out)[:-2]:  # the last two: one may be cut mid-write
+            for old in RunDir.epochs(out)[:-2]:  # the last two: one may be cut mid-write
                 old.unlink(missing_ok=True)
-            write_json(out / "metrics.json", history)
+            write_json(RunDir.metrics(out), history)
     write_torch(final, affinity_payload(net.eval(), payload["backbone"],
                                         record.inputs["checkpoint_sha256"], history=history))
     record.counts["images"] = len(cache)

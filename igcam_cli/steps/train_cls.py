@@ -30,13 +30,13 @@ from torch.utils.data import Dataset as TorchDataset
 
 from igcam_cli import distributed, options
 from igcam_cli.artifacts import (
-    CLASSIFIER_FILE,
     RunDir,
     StepRecord,
     ensure_dir,
     fingerprint,
     jsonable,
     read_torch,
+    recipe_of,
     remove_stale_temps,
     sha256_file,
     write_json,
@@ -55,7 +55,6 @@ from igcam_cli.runner import (
     console,
     progress_bar,
     readable,
-    recipe_of,
     record_problems,
     resolve_device,
     summarise_warnings,
@@ -221,10 +220,6 @@ class _TrainImages(TorchDataset):
         return image, multi_hot(sample.labels, self.num_classes), self.weights[index]
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("epoch-*.pt"))
-
-
 def train_cls(config: TrainConfig) -> Path:
     """Train (or resume) the classifier; returns the path of the final checkpoint.
 
@@ -236,9 +231,10 @@ def train_cls(config: TrainConfig) -> Path:
     world = distributed.world()
     world.per_rank_batch(config.batch_size)  # before the data is read: a wrong split fails fast
     stage = stage_class(config.stage)(config, config.stage_options.get(config.stage))
-    out = ensure_dir(RunDir(config.run).train_cls(stage.folder))
+    run = RunDir(config.run)
+    out = ensure_dir(run.train_cls(stage.folder))
     remove_stale_temps(out)
-    final = out / CLASSIFIER_FILE
+    final = run.classifier(stage.folder)
     # The manifest records the options of the stage that ran, not of every one registered.
     record = StepRecord("train-cls", jsonable(asdict(replace(
         config, stage_options={config.stage: stage.options}))))
@@ -271,7 +267,7 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
            dataset: Dataset, samples: list[Sample], epochs: int, batch_size: int,
            device: torch.device, world: World) -> Path:
     """The training itself, in every process of a torchrun job; ``train_cls``'s second half."""
-    final = out / CLASSIFIER_FILE
+    final = RunDir(config.run).classifier(stage.folder)
     torch.manual_seed(config.seed)
     start = stage.start(samples, dataset.class_names, record)
     config = replace(config, backbone=start.backbone)  # a fine-tuned checkpoint decides
@@ -293,7 +289,7 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_steps, power=0.9)
     history: list[dict] = []
     start_epoch = 0
-    existing = _checkpoints(out)
+    existing = RunDir.epochs(out)
     world.barrier()  # every process has chosen its checkpoint before rank 0 writes the next
     say = console.print if world.is_main else _quiet
     if existing and not config.resume:
@@ -351,7 +347,7 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
             if world.is_main:
                 _save_epoch(out, model, optimizer, scheduler, loader, config,
                             dataset.class_names, history, rngs)
-                write_json(out / "metrics.json", history)
+                write_json(RunDir.metrics(out), history)
             world.barrier()
     if not world.is_main:
         world.barrier()  # until rank 0 has written the classifier and the manifest
@@ -400,7 +396,7 @@ def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
         model, config.backbone, class_names, optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(), loader_rng=loader.generator.get_state(),
         torch_rng=rngs[0], history=history, epoch=epoch, **extra)
-    write_torch(out / f"epoch-{epoch:03d}.pt", payload)
-    for old in _checkpoints(out)[:-max(config.keep_checkpoints, 1)]:
+    write_torch(RunDir.epoch(out, epoch), payload)
+    for old in RunDir.epochs(out)[:-max(config.keep_checkpoints, 1)]:
         old.unlink(missing_ok=True)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igcam_cli.artifacts import SCORES_FILE, RunDir, StepRecord, read_scores
+from igcam_cli.artifacts import RunDir, StepRecord, read_scores
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.models import CamNet, check_classes, load_classifier
@@ -52,8 +52,8 @@ class FineTuningStage(TrainingStage):
         check_classes(payload, class_names, init)
         weights = [1.0] * len(samples)
         if config.influence is not None:
-            weights = influence_weights(samples, read_scores(config.influence / SCORES_FILE),
-                                        config.influence_strength)
+            scores = read_scores(RunDir.influence_scores(config.influence))
+            weights = influence_weights(samples, scores, config.influence_strength)
         record.extra["sample_weights"] = {"min": min(weights), "max": max(weights)}
         return Start(model, payload["backbone"], weights)
 

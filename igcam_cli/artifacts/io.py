@@ -1,12 +1,10 @@
-"""The run directory: its layout, every artifact's file name, reader and writer, and manifests.
+"""Artifact input and output: atomic writes, temporary files, every artifact's reader and writer.
 
 Every artifact is written to a temporary file in its final folder and renamed into place, so a
 step killed at any moment leaves either the old file, the new file, or a stale ``.tmp`` file
 that the next run of the step removes - never a half-written artifact under its real name.
-
-This module is the one home of the run-directory contract (ARCHITECTURE.md lists every
-artifact, its keys and dtypes): steps and methods ask :class:`RunDir` for folders and use the
-readers and writers here, so no step builds a path or parses a file another step wrote.
+Readers check what they read, so a damaged or foreign file is one image's problem or a
+one-line error, never a traceback or a wrong mask.
 """
 
 from __future__ import annotations
@@ -18,14 +16,11 @@ import json
 import os
 import pickle
 import platform
-import re
 import socket
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -34,63 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from igcam_cli.artifacts.layout import RunDir
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.transforms import resize_keeping_peaks
 
 TMP_PREFIX = ".igcam-tmp-"  # then <pid>@<host>@<name>.<random>: see remove_stale_temps
 STALE_ELSEWHERE_S = 24 * 3600  # a temp of another machine's process is stale after a day
-
-# The step folders of a run directory, named after the CLI subcommands that write them.
-STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "train-aff",
-             "refine", "eval", "vis")
-CLASSIFIER_FILE = "classifier.pt"  # RUN/train-cls*/: the final checkpoint
-PROTOTYPES_FILE = "prototypes.pt"  # RUN/prototypes/: lpcam's class and context prototypes
-SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influence
-SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
-MAPS_DIR = "maps"  # RUN/influence/maps/<id>.npz: spatial influence maps
-REPORT_FILE = "report.html"  # RUN/: igcam report's page, beside its folder RUN/report/
-MANIFEST_FILE = "manifest.json"  # every step folder; manifest.shard-I-of-N.json per shard
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """The folders of one run; every step reads and writes only below ``root``."""
-
-    root: Path
-
-    def step(self, name: str) -> Path:
-        if name not in STEP_DIRS:
-            raise ValueError(f"unknown step folder {name!r}")
-        return self.root / name
-
-    def train_cls(self, stage: str | None = None) -> Path:
-        """``train-cls`` for stage 1, ``train-cls-<stage>`` for a fine-tuning stage."""
-        folder = self.step("train-cls")
-        return folder if stage is None else folder.with_name(f"train-cls-{stage}")
-
-    def classifier(self, stage: str | None = None) -> Path:
-        """The final checkpoint of a training stage (every step's default classifier)."""
-        return self.train_cls(stage) / CLASSIFIER_FILE
-
-    def cam(self, method: str = "cam") -> Path:
-        """``cam`` for the plain CAM, ``cam-<method>`` for every other method (or chain)."""
-        folder = self.step("cam")
-        return folder if method == "cam" else folder.with_name(f"cam-{method}")
-
-    def no_cams(self, cams: Path) -> IgcamError:
-        """The error for a CAM folder without CAM files; it names the run's CAM folders that
-        have some (``igcam run`` writes lpcam's to ``cam-lpcam``, not the default ``cam``)."""
-        others = sorted(str(p) for p in self.root.glob("cam*")
-                        if p.is_dir() and p != cams and any(p.glob("*.npz")))
-        hint = f"pass --cams {' or '.join(others)}" if others else "run `igcam cam` first"
-        return IgcamError(f"no CAM files in {cams} ({hint})")
-
-    def eval_report(self, name: str) -> Path:
-        return self.step("eval") / f"{name}.json"
-
-    def report(self) -> Path:
-        """``igcam report``'s page; its charts and pictures go in ``RUN/report/``."""
-        return self.root / REPORT_FILE
 
 
 def ensure_dir(path: Path) -> Path:
@@ -180,6 +124,18 @@ def jsonable(obj: object) -> Any:
 
 def write_json(path: Path, obj: Any) -> Path:
     return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object artifact (a manifest, an eval report). A missing, empty, damaged or
+    foreign file is a one-line error naming ``what`` it should be and how to ``fix`` it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IgcamError(f"{what} {path} is unreadable ({type(exc).__name__}): {fix}") from None
+    if not isinstance(data, dict):
+        raise IgcamError(f"{what} {path} is not a JSON object: {fix}")
+    return data
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
@@ -287,7 +243,7 @@ def write_proposals(path: Path, boxes: np.ndarray, scores: np.ndarray, image: Pa
 
 def influence_maps(folder: Path) -> Path:
     """The spatial maps' folder of an ``igcam influence`` folder, checked to exist."""
-    maps = folder / MAPS_DIR
+    maps = RunDir.influence_maps(folder)
     if not maps.is_dir():
         raise IgcamError(f"{maps} not found (run `igcam influence` first)")
     return maps
@@ -296,19 +252,20 @@ def influence_maps(folder: Path) -> Path:
 def read_prototypes(folder: Path) -> dict[str, Any]:
     """lpcam's prototypes: ``class_prototypes`` (N, D) float32 with ``class_ids`` (N,) int64,
     ``context_prototypes`` (M, D) with ``context_ids`` (M,)."""
-    stored = read_torch(folder / PROTOTYPES_FILE, "prototypes")
+    path = RunDir.prototypes(folder)
+    stored = read_torch(path, "prototypes")
     kinds = ("class", "context")
     if not isinstance(stored, dict) or any(
             not {f"{kind}_prototypes", f"{kind}_ids"} <= stored.keys()
             or stored[f"{kind}_prototypes"].ndim != 2
             or len(stored[f"{kind}_prototypes"]) != len(stored[f"{kind}_ids"]) for kind in kinds):
-        raise IgcamError(f"prototypes {folder / PROTOTYPES_FILE} are damaged: delete the folder "
+        raise IgcamError(f"prototypes {path} are damaged: delete the folder "
                          "to rebuild them")
     return stored
 
 
 def write_prototypes(folder: Path, tensors: dict[str, Any]) -> Path:
-    return write_torch(folder / PROTOTYPES_FILE, tensors)
+    return write_torch(RunDir.prototypes(folder), tensors)
 
 
 def write_influence_map(path: Path, classes: list[int], maps: np.ndarray) -> Path:
@@ -413,178 +370,3 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-@dataclass(frozen=True)
-class Shard:
-    """``--shard I/N``: this process handles every N-th image starting at I (0-based)."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str | None) -> Shard:
-        if not text:
-            return cls()
-        try:
-            index_text, count_text = text.split("/")
-            shard = cls(int(index_text), int(count_text))
-        except ValueError:
-            raise IgcamError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-        if shard.count < 1 or not 0 <= shard.index < shard.count:
-            raise IgcamError(f"--shard {text}: need 0 <= I < N")
-        return shard
-
-    def select(self, items: list) -> list:
-        return items[self.index :: self.count]
-
-    @property
-    def is_whole(self) -> bool:
-        return self.count == 1
-
-    def manifest_name(self) -> str:
-        """Shards of an array job write separate manifests so they never race on one file."""
-        if self.is_whole:
-            return MANIFEST_FILE
-        return f"manifest.shard-{self.index}-of-{self.count}.json"
-
-
-@dataclass
-class StepRecord:
-    """What a step writes into its manifest: config, inputs, counts, warnings and timings."""
-
-    step: str
-    config: dict[str, Any]
-    inputs: dict[str, Any] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    _start: float = field(default_factory=time.perf_counter)
-
-    def count(self, key: str, n: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + n
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def save(self, folder: Path, shard: Shard = Shard(), filename: str | None = None) -> Path:
-        """Write the manifest (``filename`` overrides the shard's default name)."""
-        self.timings["total_s"] = round(time.perf_counter() - self._start, 3)
-        return write_json(folder / (filename or shard.manifest_name()), {
-            "step": self.step,
-            "complete": True,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "argv": sys.argv,
-            "config": self.config,
-            "inputs": self.inputs,
-            "counts": self.counts,
-            "warnings": self.warnings,
-            "timings": self.timings,
-            "versions": package_versions(),
-            **self.extra,
-        })
-
-
-SHARD_MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
-# Keys whose shards' values combine (or are per shard by nature) rather than agree.
-_COMBINED = frozenset({"complete", "created", "argv", "counts", "warnings", "timings"})
-
-
-def shard_manifests(folder: Path) -> dict[int, dict[int, Path]]:
-    """The shard manifests in ``folder``: for each split N, shard index -> file."""
-    found: dict[int, dict[int, Path]] = {}
-    for path in folder.glob("manifest.shard-*-of-*.json"):
-        if (match := SHARD_MANIFEST.fullmatch(path.name)) is not None:
-            found.setdefault(int(match[2]), {})[int(match[1])] = path
-    return found
-
-
-def _read_shard(path: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IgcamError(f"shard manifest {path} is unreadable ({type(exc).__name__}): rerun "
-                         "that shard") from None
-    if not isinstance(manifest, dict) or not manifest.get("complete"):
-        raise IgcamError(f"shard manifest {path} is not a finished step's: rerun that shard")
-    return manifest
-
-
-def merge_shards(folder: Path) -> Path:
-    """Write ``folder/manifest.json`` from the N ``manifest.shard-I-of-N.json`` of one split.
-
-    Every shard must be there, of the same step and recipe: the merged manifest then
-    describes the whole folder as one unsharded run's would (counts summed, warnings
-    concatenated, ``timings.total_s`` the shards' sum as for the per-image seconds, and
-    ``slowest_shard_s``, the wall time of the array), and ``shards`` keeps each shard's
-    creation time, argv, counts, timings and whatever else differs between them (its
-    ``--shard``, its images' fingerprint). The shard manifests stay, so that a shard rerun
-    later merges again; readers of a folder take ``manifest.json`` when it is there.
-    """
-    splits = shard_manifests(folder)
-    if not splits:
-        raise IgcamError(f"{folder} holds no shard manifests (manifest.shard-I-of-N.json)")
-    if len(splits) > 1:
-        raise IgcamError(f"{folder} holds shard manifests of several splits (of "
-                         f"{', of '.join(map(str, sorted(splits)))}): delete those of the "
-                         "split that is not current")
-    ((count, paths),) = splits.items()
-    missing = [f"{index}/{count}" for index in range(count) if index not in paths]
-    if missing:
-        raise IgcamError(f"{folder}: shard{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(missing)} missing (no manifest.shard-I-of-{count}.json): "
-                         "run them, then merge again")
-    manifests = [_read_shard(paths[index]) for index in range(count)]
-    first = manifests[0]
-    for index, manifest in enumerate(manifests[1:], start=1):
-        if manifest.get("step") != first.get("step") or \
-                manifest.get("recipe") != first.get("recipe"):
-            raise IgcamError(f"{folder}: shard {index}/{count} was made by another step or "
-                             "with other options than shard 0: rerun it with the same command")
-    merged: dict[str, Any] = {"complete": True,
-                              "created": max(str(m.get("created", "")) for m in manifests),
-                              "argv": first.get("argv")}
-    shards: list[dict[str, Any]] = [
-        {"shard": f"{index}/{count}", **{key: m.get(key) for key in
-                                         ("created", "argv", "counts", "timings")}}
-        for index, m in enumerate(manifests)]
-    for key in sorted({key for m in manifests for key in m} - _COMBINED):
-        values = [m.get(key) for m in manifests]
-        if all(value == values[0] for value in values):
-            merged[key] = values[0]
-        elif all(isinstance(value, dict) for value in values):  # config, inputs: keep the
-            shared = {k for k in values[0] if all(k in v and v[k] == values[0][k]  # agreeing
-                                                  for v in values)}
-            merged[key] = {k: values[0][k] for k in shared}
-            for entry, value in zip(shards, values, strict=True):
-                entry[key] = {k: v for k, v in value.items() if k not in shared}
-        else:
-            for entry, value in zip(shards, values, strict=True):
-                entry[key] = value
-    counts: dict[str, int] = {}
-    for manifest in manifests:
-        for key, value in (manifest.get("counts") or {}).items():
-            counts[key] = counts.get(key, 0) + value
-    seconds = [float((m.get("timings") or {}).get("total_s", 0.0)) for m in manifests]
-    merged.update(counts=counts, warnings=[w for m in manifests for w in m.get("warnings", [])],
-                  timings={"total_s": round(sum(seconds), 3),
-                           "slowest_shard_s": round(max(seconds), 3)},
-                  shards=shards)
-    return write_json(folder / MANIFEST_FILE, merged)
-
-
-def merge_finished_shards(folder: Path, count: int) -> Path | None:
-    """:func:`merge_shards` once all ``count`` shards of a split are there, else None: the
-    last shard of an array job (or torchrun's last process) to finish merges them."""
-    if len(shard_manifests(folder).get(count, {})) < count:
-        return None
-    return merge_shards(folder)
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a finished step (unsharded, or its shards merged), or None if the step
-    has not completed."""
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    manifest = json.loads(path.read_text())
-    return manifest if manifest.get("complete") else None

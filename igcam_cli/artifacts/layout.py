@@ -1,0 +1,187 @@
+"""The run directory's layout: every folder and file name, and the paths made of them.
+
+This module alone turns what a step makes (a step, a CAM method, a refiner chain, a training
+stage, an epoch) into a path, and a folder's name back into what kind of output it holds;
+``manifests.made_by`` reads what made a folder from its manifest. Steps, parts and the report
+ask :class:`RunDir` (``tests/test_layout.py`` fails on a run-directory path built elsewhere),
+so renaming a folder or file is a change here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from igcam_cli.errors import IgcamError
+
+# The step folders of a run directory, named after the CLI subcommands that write them.
+STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "train-aff",
+             "refine", "eval", "vis")
+PLAIN_CAM = "cam"  # the method name of the plain CAM, whose maps go to RUN/cam
+DEFAULT_REFINER = "crf"  # refine's and run's refiner chain, whose masks go to RUN/refine
+CLASSIFIER_FILE = "classifier.pt"  # RUN/train-cls*/: the final checkpoint
+METRICS_FILE = "metrics.json"  # RUN/train-cls*/, RUN/train-aff/: one record per epoch
+EPOCH_FILE = "epoch-{:03d}.pt"  # RUN/train-cls*/, RUN/train-aff/: the last epochs' checkpoints
+PROTOTYPES_FILE = "prototypes.pt"  # RUN/prototypes/: lpcam's class and context prototypes
+SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influence
+SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
+MAPS_DIR = "maps"  # RUN/influence/maps/<id>.npz: spatial influence maps
+AFFINITY_FILE = "affinity.pt"  # RUN/train-aff/: the boundary network rw walks with
+LABELS_DIR = "labels"  # RUN/train-aff/labels/<id>.png: the affinity targets
+REFINED_SCORES_DIR = "scores"  # RUN/refine*/scores/<id>.npz: refine --save-scores
+DEMO_DATA_DIR = "data"  # RUN/data/: igcam demo's generated dataset
+REPORT_FILE = "report.html"  # RUN/: igcam report's page, beside its folder RUN/report/
+MANIFEST_FILE = "manifest.json"  # every step folder; manifest.shard-I-of-N.json per shard
+SHARD_MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
+# What a folder holds by its name: RUN/cam and RUN/cam-<method>; RUN/refine and refine-<x>.
+KINDS = {"cam": "cams", "refine": "masks"}
+
+
+def shard_manifest_name(index: int, count: int) -> str:
+    """The manifest of shard ``index`` of ``count``: shards of an array job write separate
+    manifests so that they never race on one file."""
+    return MANIFEST_FILE if count == 1 else f"manifest.shard-{index}-of-{count}.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folders of one run; every step reads and writes only below ``root``.
+
+    Methods of an instance name a folder or file of this run; the static ones name a file
+    inside a folder that the user may have put elsewhere (``--out``, ``--cams``).
+    """
+
+    root: Path
+
+    def step(self, name: str) -> Path:
+        if name not in STEP_DIRS:
+            raise ValueError(f"unknown step folder {name!r}")
+        return self.root / name
+
+    def train_cls(self, stage: str | None = None) -> Path:
+        """``train-cls`` for stage 1, ``train-cls-<stage>`` for a fine-tuning stage."""
+        folder = self.step("train-cls")
+        return folder if stage is None else folder.with_name(f"train-cls-{stage}")
+
+    def classifier(self, stage: str | None = None) -> Path:
+        """The final checkpoint of a training stage (every step's default classifier)."""
+        return self.train_cls(stage) / CLASSIFIER_FILE
+
+    def cam(self, method: str = PLAIN_CAM) -> Path:
+        """``cam`` for the plain CAM, ``cam-<method>`` for every other method (or chain)."""
+        folder = self.step("cam")
+        return folder if method == PLAIN_CAM else folder.with_name(f"cam-{method}")
+
+    def refine(self, refiners: str = DEFAULT_REFINER) -> Path:
+        """``refine``'s own default: ``refine`` for the default chain, ``refine-<refiners>``
+        for any other, so that one run directory holds every chain's masks side by side."""
+        folder = self.step("refine")
+        return folder if refiners == DEFAULT_REFINER else folder.with_name(f"refine-{refiners}")
+
+    def masks(self, cam_method: str, refiners: str) -> Path:
+        """``igcam run``'s masks of ``refiners`` over ``cam_method``'s maps: refine's own
+        folder over the plain CAM's, ``refine-<cam_method>-<refiners>`` over another method's,
+        so that the masks of two methods never share (and refuse) one folder."""
+        if cam_method == PLAIN_CAM:
+            return self.refine(refiners)
+        return self.step("refine").with_name(f"refine-{cam_method}-{refiners}")
+
+    def affinity(self) -> Path:
+        """``train-aff``'s boundary network, the default of ``refine --method rw``."""
+        return self.step("train-aff") / AFFINITY_FILE
+
+    def affinity_labels(self) -> Path:
+        """``train-aff``'s per-image targets."""
+        return self.step("train-aff") / LABELS_DIR
+
+    def demo_data(self) -> Path:
+        return self.root / DEMO_DATA_DIR
+
+    def no_cams(self, cams: Path) -> IgcamError:
+        """The error for a CAM folder without CAM files; it names the run's CAM folders that
+        have some (``igcam run`` writes lpcam's to ``cam-lpcam``, not the default ``cam``)."""
+        others = sorted(str(p) for p in self.root.glob(f"{PLAIN_CAM}*")
+                        if p.is_dir() and p != cams and any(p.glob("*.npz")))
+        hint = f"pass --cams {' or '.join(others)}" if others else "run `igcam cam` first"
+        return IgcamError(f"no CAM files in {cams} ({hint})")
+
+    def eval_report(self, name: str) -> Path:
+        return self.step("eval") / f"{name}.json"
+
+    def eval_reports(self) -> list[Path]:
+        """Every eval report of the run, by name."""
+        return sorted(self.step("eval").glob("*.json"))
+
+    def report(self) -> Path:
+        """``igcam report``'s page; its charts and pictures go in ``RUN/report/``."""
+        return self.root / REPORT_FILE
+
+    @staticmethod
+    def kind(folder: Path) -> str | None:
+        """``cams`` or ``masks`` for a CAM or refine folder of a run (by its name), else None."""
+        for prefix, kind in KINDS.items():
+            if folder.name == prefix or folder.name.startswith(prefix + "-"):
+                return kind
+        return None
+
+    @staticmethod
+    def metrics(folder: Path) -> Path:
+        """A training step's per-epoch records, written as it trains."""
+        return folder / METRICS_FILE
+
+    @staticmethod
+    def epoch(folder: Path, epoch: int) -> Path:
+        """A training step's checkpoint after ``epoch`` (1-based)."""
+        return folder / EPOCH_FILE.format(epoch)
+
+    @staticmethod
+    def epochs(folder: Path) -> list[Path]:
+        """A training step's epoch checkpoints, oldest first."""
+        return sorted(folder.glob(EPOCH_FILE.replace("{:03d}", "*")))
+
+    @staticmethod
+    def prototypes(folder: Path) -> Path:
+        """lpcam's prototypes file in a prototypes folder (``RUN/prototypes`` by default)."""
+        return folder / PROTOTYPES_FILE
+
+    @staticmethod
+    def influence_scores(folder: Path) -> Path:
+        return folder / SCORES_FILE
+
+    @staticmethod
+    def influence_solution(folder: Path) -> Path:
+        return folder / SOLUTION_FILE
+
+    @staticmethod
+    def influence_maps(folder: Path) -> Path:
+        return folder / MAPS_DIR
+
+    @staticmethod
+    def refined_scores(masks: Path) -> Path:
+        """Where ``refine --save-scores`` keeps the refined maps of a mask folder."""
+        return masks / REFINED_SCORES_DIR
+
+    @staticmethod
+    def refined_by(scores: Path) -> Path | None:
+        """The mask folder whose refined maps ``scores`` holds, if it is such a folder."""
+        return scores.parent if scores.name == REFINED_SCORES_DIR else None
+
+    @staticmethod
+    def manifest(folder: Path) -> Path:
+        """A step folder's manifest: the whole run's, or its shards' merged."""
+        return folder / MANIFEST_FILE
+
+    @staticmethod
+    def shard_manifests(folder: Path) -> dict[int, dict[int, Path]]:
+        """The shard manifests in ``folder``: for each split N, shard index -> file."""
+        found: dict[int, dict[int, Path]] = {}
+        for path in folder.glob("manifest.shard-*-of-*.json"):
+            if (match := SHARD_MANIFEST.fullmatch(path.name)) is not None:
+                found.setdefault(int(match[2]), {})[int(match[1])] = path
+        return found
+
+    @staticmethod
+    def manifests(folder: Path) -> list[Path]:
+        """Every manifest in ``folder``: the whole one and each shard's, by name."""
+        return sorted(folder.glob("manifest*.json"))
