@@ -61,7 +61,7 @@ from igcam_cli.runner import (
     summarise_warnings,
     trained_already,
 )
-from igcam_cli.training import stage_class
+from igcam_cli.training import STAGES
 from igcam_cli.training.base import TrainingStage
 from igcam_cli.transforms import to_tensor, train_augment
 
@@ -235,7 +235,7 @@ def train_cls(config: TrainConfig) -> Path:
     options.check(config)
     world = distributed.world()
     world.per_rank_batch(config.batch_size)  # before the data is read: a wrong split fails fast
-    stage = stage_class(config.stage)(config, config.stage_options.get(config.stage))
+    stage = STAGES[config.stage](config, config.stage_options.get(config.stage))
     out = ensure_dir(RunDir(config.run).train_cls(stage.folder))
     remove_stale_temps(out)
     final = out / CLASSIFIER_FILE
