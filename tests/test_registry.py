@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
+import igcam_cli.steps.run as run_step
 from igcam_cli import cli
 from igcam_cli.artifacts import write_cam
 from igcam_cli.backbones import BACKBONES
@@ -177,3 +180,52 @@ def test_a_refiner_is_set_up_once_in_each_process_that_runs_it(
         assert setups == [str(os.getpid())]
     else:
         assert str(os.getpid()) not in setups  # the workers set it up, not the main process
+
+
+def test_run_parses_method_and_refiner_options(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`igcam run --method lpcam --lpcam-k 4 --refine crf --crf-iters 3` reaches run's config
+    as the options of the method and of the refiner, each under its own name."""
+    got: list[run_step.RunConfig] = []
+    monkeypatch.setattr(run_step, "run", got.append)
+    monkeypatch.setattr(cli, "app", typer.Typer())
+    cli.app.callback()(lambda: None)  # a group, so that the command keeps its name
+    cli.COMMANDS["run"].register("run")
+    result = CliRunner().invoke(cli.app, ["run", "--run", str(tmp_path), "--method", "lpcam",
+                                          "--lpcam-k", "4", "--refine", "crf",
+                                          "--crf-iters", "3"])
+    assert result.exit_code == 0, result.output
+    config = got[0]
+    assert config.method == "lpcam" and config.method_options["lpcam"].k == 4
+    assert config.refine == "crf" and config.refiner_options["crf"].iters == 3
+    assert config.refiner_options["rw"] == REFINERS["rw"].Options()  # the others' defaults
+
+
+def test_run_gives_cam_and_refine_their_options_and_runs_what_the_refiners_need_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[tuple[str, object]] = []
+
+    def step(name: str, returns: Path | None = None):  # noqa: ANN202 - a stand-in step
+        return lambda config: steps.append((name, config)) or returns
+
+    monkeypatch.setattr(run_step, "train_cls", step("train-cls"))
+    monkeypatch.setattr(run_step, "cam", step("cam", tmp_path / "cam-lpcam"))
+    monkeypatch.setitem(run_step.PREREQUISITES, "train-aff",
+                        (run_step.AffinityConfig, step("train-aff")))
+    monkeypatch.setattr(run_step, "refine", step("refine", tmp_path / "masks"))
+    monkeypatch.setattr(run_step, "write_overlays", lambda *args: [])
+    monkeypatch.setattr(run_step, "report", step("report"))
+    methods = {"lpcam": METHODS["lpcam"].Options(k=4)}
+    refiners = {"rw": REFINERS["rw"].Options(steps=8)}
+    run_step.run(run_step.RunConfig(run=tmp_path, method="lpcam", refine="rw+crf",
+                                    method_options=methods, refiner_options=refiners))
+    names = [name for name, _ in steps]
+    assert names == ["train-cls", "cam", "train-aff", "refine", "report"]
+    configs = dict(steps)
+    assert configs["cam"].method_options == methods
+    assert configs["train-aff"].cams == tmp_path / "cam-lpcam"
+    assert configs["refine"].method == "rw+crf" and configs["refine"].method_options == refiners
+
+    steps.clear()  # a chain without rw needs no train-aff
+    run_step.run(run_step.RunConfig(run=tmp_path, method="lpcam", refine="par+crf"))
+    assert "train-aff" not in [name for name, _ in steps]
