@@ -57,19 +57,21 @@ class RunConfig(DataStepConfig):
     lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     method: str = option(
-        DEFAULT_METHOD, "CAM method (see `igcam cam --method`), with its default options; its "
-                        "maps go to RUN/cam-METHOD (RUN/cam for cam). lpcam builds prototypes "
-                        "from the labelled images first and takes about 2.4x cam's time.")
+        DEFAULT_METHOD, "CAM method (see `igcam cam --method`), with its options as cam takes "
+                        "them (--METHOD-...); its maps go to RUN/cam-METHOD (RUN/cam for cam). "
+                        "lpcam builds prototypes from the labelled images first and takes about "
+                        "2.4x cam's time.")
     threshold: float | None = option(
         None, "Background threshold for the masks. Default: the best of the seed sweep when "
               "the dataset has ground truth, else the one measured best on voc-real for "
               f"--method ({measured_threshold(DEFAULT_METHOD)} for {DEFAULT_METHOD}, see "
               "`igcam refine --help`).")
     refine: str = option(
-        DEFAULT_PIPELINE, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
-                          "train-aff runs first. With ground truth and no --threshold, a chain "
-                          "of walks (rw, par) then crf runs the walks first and takes crf's "
-                          "threshold from the sweep of the walked maps.")
+        DEFAULT_PIPELINE, "Refiner chain for the masks (see `igcam refine --method`), with its "
+                          "refiners' options as refine takes them (--REFINER-...); the steps a "
+                          "refiner needs run first (train-aff for rw). With ground truth and "
+                          "no --threshold, a chain of walks (rw, par) then crf runs the walks "
+                          "first and takes crf's threshold from the sweep of the walked maps.")
     device: str = options.device()
     workers: int = options.workers()
     vis: int = option(16, "Overlay pictures to write.", min=0)
