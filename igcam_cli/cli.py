@@ -142,7 +142,7 @@ def _names(param: inspect.Parameter) -> list[str]:
     return [*(name for decl in decls for name in decl.split("/")), param.name]
 
 
-def unique_parameters(command: str, owned: list[tuple[str, list[inspect.Parameter]]]
+def _unique_parameters(command: str, owned: list[tuple[str, list[inspect.Parameter]]]
                       ) -> list[inspect.Parameter]:
     """The parameters of every owner, after checking that no name is declared twice: a part
     whose prefixed option equals a step's (a method ``max`` with a field ``side`` against
@@ -176,7 +176,7 @@ class Command:
         """Every option of ``igcam NAME``: the config's, then each registry's parts', checked
         for names declared twice."""
         config, _ = self.imported()
-        return unique_parameters(name, [(f"igcam {name}'s own options", _parameters(config)),
+        return _unique_parameters(name, [(f"igcam {name}'s own options", _parameters(config)),
                                         *(o for r in self.registries for o in r.owned())])
 
     def register(self, name: str) -> None:
