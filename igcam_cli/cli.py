@@ -2,10 +2,12 @@
 
 Each subcommand is one step's config class and function (:data:`COMMANDS`): its options are
 the config's :func:`igcam_cli.options.option` fields (help, bounds and default written once,
-there); ``igcam cam`` adds every registered CAM method's options (``--<method>-<field>``) and
-``igcam train-cls`` every training stage's, so a new method, stage or option never touches
-this file. Only the command being run is built (and its step imported). Every user mistake
-surfaces as one ``error: ...`` line and exit status 2, never a traceback.
+there); ``igcam cam`` adds every registered CAM method's options (``--<method>-<field>``),
+``igcam refine`` every refiner's, ``igcam run`` both, and ``igcam train-cls`` every training
+stage's, so a new method, refiner, stage or option never touches this file. No two options of
+a command may share a name, which is checked when the command is built. Only the command
+being run is built (and its step imported). Every user mistake surfaces as one ``error: ...``
+line and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import inspect
 import sys
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -25,6 +28,7 @@ from typer.exceptions import Abort, TyperException
 from igcam_cli import __version__
 from igcam_cli.errors import IgcamError, console
 from igcam_cli.options import comma_list
+from igcam_cli.registry import Registry
 
 app = typer.Typer(
     name="igcam", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -89,39 +93,69 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 
 class RegistryOptions:
-    """The options of every part in a registry (CAM methods, training stages), for one command.
+    """The options of every part in a registry (CAM methods, refiners, training stages), for
+    one command.
 
-    Each part's ``Options`` dataclass gives its options, named ``--<prefix><field>``; the parsed
-    values become ``{part name: options}`` in the config field ``into``. The registry is
+    Each part's ``Options`` dataclass gives its options, named as the registry's
+    ``option_prefix`` says (``--<name>-<field>``, or the bare field for training stages); the
+    parsed values become ``{part name: options}`` in the config field ``into``. The registry is
     imported when first needed, so that commands which do not use it start fast.
     """
 
-    def __init__(self, module: str, attribute: str, into: str, prefixed: bool) -> None:
-        self.module, self.attribute, self.into, self.prefixed = module, attribute, into, prefixed
+    def __init__(self, module: str, attribute: str, into: str) -> None:
+        self.module, self.attribute, self.into = module, attribute, into
 
     @property
-    def registry(self) -> dict[str, Any]:
+    def registry(self) -> Registry:
         return getattr(importlib.import_module(self.module), self.attribute)
 
-    def _prefix(self, name: str) -> str:
-        return f"{name}-" if self.prefixed else ""
+    def owned(self) -> list[tuple[str, list[inspect.Parameter]]]:
+        """(owner, its parameters) for each part: the owner names it in collision errors."""
+        registry = self.registry
+        return [(f"{registry.what} {name!r}",
+                 _parameters(part.Options, registry.option_prefix(name),
+                             f"{name}: " if registry.prefixed else ""))
+                for name, part in registry.items()]
 
     def parameters(self) -> list[inspect.Parameter]:
-        return [p for name, part in self.registry.items()
-                for p in _parameters(part.Options, self._prefix(name),
-                                     f"{name}: " if self.prefixed else "")]
+        return [p for _, params in self.owned() for p in params]
 
     def finish(self, config: Any, values: dict[str, Any]) -> Any:
+        registry = self.registry
         return dataclasses.replace(config, **{self.into: {
-            name: _build(part.Options, values, self._prefix(name))
-            for name, part in self.registry.items()}})
+            name: _build(part.Options, values, registry.option_prefix(name))
+            for name, part in registry.items()}})
 
 
-METHOD_OPTIONS = RegistryOptions("igcam_cli.methods", "METHODS", "method_options", prefixed=True)
-REFINER_OPTIONS = RegistryOptions("igcam_cli.refiners", "REFINERS", "method_options",
-                                  prefixed=True)
-# Stage options keep their historical names (--consistency-weight, --rcm-weight, ...).
-STAGE_OPTIONS = RegistryOptions("igcam_cli.training", "STAGES", "stage_options", prefixed=False)
+METHOD_OPTIONS = RegistryOptions("igcam_cli.methods", "METHODS", "method_options")
+REFINER_OPTIONS = RegistryOptions("igcam_cli.refiners", "REFINERS", "method_options")
+# `igcam run` takes both: its --method is the CAM method, its --refine the refiner chain.
+RUN_REFINER_OPTIONS = RegistryOptions("igcam_cli.refiners", "REFINERS", "refiner_options")
+STAGE_OPTIONS = RegistryOptions("igcam_cli.training", "STAGES", "stage_options")
+
+
+def _names(param: inspect.Parameter) -> list[str]:
+    """Every name a parameter answers to: its option strings (``--x``, ``--no-x``, ``-x``)
+    and the Python name its value is passed under."""
+    info = typing.get_args(param.annotation)[1]
+    decls = [info.default, *info.param_decls]  # the first declaration is Option's first argument
+    return [*(name for decl in decls for name in decl.split("/")), param.name]
+
+
+def _unique_parameters(command: str, owned: list[tuple[str, list[inspect.Parameter]]]
+                      ) -> list[inspect.Parameter]:
+    """The parameters of every owner, after checking that no name is declared twice: a part
+    whose prefixed option equals a step's (a method ``max`` with a field ``side`` against
+    ``--max-side``) is an error naming both owners, not a traceback from the parser."""
+    seen: dict[str, str] = {}
+    for owner, params in owned:
+        for param in params:
+            for name in dict.fromkeys(_names(param)):
+                if name in seen:
+                    raise IgcamError(f"igcam {command}: option {name} is declared by both "
+                                     f"{seen[name]} and {owner}; rename one of them")
+                seen[name] = owner
+    return [p for _, params in owned for p in params]
 
 
 @dataclass(frozen=True)
@@ -130,40 +164,52 @@ class Command:
 
     help: str
     step: str  # "module:Config:function"
-    registry: RegistryOptions | None = None  # the parts whose options it also takes
+    registries: tuple[RegistryOptions, ...] = ()  # the parts whose options it also takes
+
+    def imported(self) -> tuple[type, Callable[[Any], Any]]:
+        """The step's config class and function."""
+        module, config_name, function = self.step.split(":")
+        imported = importlib.import_module(module)
+        return getattr(imported, config_name), getattr(imported, function)
+
+    def parameters(self, name: str) -> list[inspect.Parameter]:
+        """Every option of ``igcam NAME``: the config's, then each registry's parts', checked
+        for names declared twice."""
+        config, _ = self.imported()
+        return _unique_parameters(name, [(f"igcam {name}'s own options", _parameters(config)),
+                                        *(o for r in self.registries for o in r.owned())])
 
     def register(self, name: str) -> None:
         """Add ``igcam NAME`` to the app: parse the config's options, call the step."""
-        module, config_name, function = self.step.split(":")
-        imported = importlib.import_module(module)
-        config, step = getattr(imported, config_name), getattr(imported, function)
-        registry = self.registry
+        config, step = self.imported()
+        registries = self.registries
 
         def run_step(**values: Any) -> None:
             built = _build(config, values)
-            step(registry.finish(built, values) if registry else built)
+            for registry in registries:
+                built = registry.finish(built, values)
+            step(built)
 
-        extra = registry.parameters() if registry else []
-        run_step.__signature__ = inspect.Signature([*_parameters(config), *extra])  # type: ignore
+        run_step.__signature__ = inspect.Signature(self.parameters(name))  # type: ignore
         app.command(name, help=self.help)(run_step)
 
 
 COMMANDS = {
     "train-cls": Command("Train the multi-label classifier that CAMs are read from.",
-                         "igcam_cli.steps.train_cls:TrainConfig:train_cls", STAGE_OPTIONS),
+                         "igcam_cli.steps.train_cls:TrainConfig:train_cls", (STAGE_OPTIONS,)),
     "propose": Command("Object proposals per image by Selective Search: .npz boxes in original "
                        "pixels.", "igcam_cli.steps.propose:ProposeConfig:propose"),
     "influence": Command("Influence of every training image on a held-out loss, and spatial "
                          "influence maps.", "igcam_cli.steps.influence:InfluenceConfig:influence"),
     "cam": Command("Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 "
                    "maps). Options named --METHOD-... belong to that --method.",
-                   "igcam_cli.steps.cam:CamConfig:cam", METHOD_OPTIONS),
+                   "igcam_cli.steps.cam:CamConfig:cam", (METHOD_OPTIONS,)),
     "train-aff": Command("Learn inter-pixel affinities (a class-boundary map) from the CAMs, "
                          "for `refine --method rw`.",
                          "igcam_cli.steps.train_aff:AffinityConfig:train_aff"),
     "refine": Command("CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 "
                       "uncertain). Options named --METHOD-... belong to that --method.",
-                      "igcam_cli.steps.refine:RefineConfig:refine", REFINER_OPTIONS),
+                      "igcam_cli.steps.refine:RefineConfig:refine", (REFINER_OPTIONS,)),
     "eval": Command("mIoU, per-class IoU, precision and recall over background + C classes (GT "
                     "255 ignored).", "igcam_cli.steps.eval:EvalConfig:evaluate"),
     "report": Command("One HTML page about a run: settings, training curve, steps, every "
@@ -172,8 +218,9 @@ COMMANDS = {
     "merge-shards": Command("One manifest.json for a folder (or every folder of a run) that "
                             "--shard I/N processes or torchrun filled; names missing shards.",
                             "igcam_cli.steps.merge_shards:MergeConfig:merge_shards"),
-    "run": Command("Every step in order in one run directory, skipping what is already done.",
-                   "igcam_cli.steps.run:RunConfig:run"),
+    "run": Command("Every step in order in one run directory, skipping what is already done. "
+                   "Options named --METHOD-... belong to that CAM --method or --refine refiner.",
+                   "igcam_cli.steps.run:RunConfig:run", (METHOD_OPTIONS, RUN_REFINER_OPTIONS)),
     "demo": Command("Generate a small shapes dataset and run the whole pipeline on it (a few "
                     "CPU minutes).", "igcam_cli.steps.demo:DemoConfig:demo"),
 }
@@ -214,8 +261,8 @@ def main() -> None:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     if len(sys.argv) == 1:
         sys.argv.append("--help")
-    _register(sys.argv[1:])
     try:
+        _register(sys.argv[1:])  # a part registered twice or an option declared twice: one line
         code = app(standalone_mode=False)
     except TyperException as error:  # a bad option: one line as well, not the parser's box
         message = error.format_message() if hasattr(error, "format_message") else str(error)

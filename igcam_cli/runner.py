@@ -205,6 +205,21 @@ def _guarded(job: tuple[ImageWork, Sample]) -> str | None:
     return _written(work, sample, result)
 
 
+# A --workers process's work, unpickled once when the process starts rather than with every
+# image, so that what its parts set up (a refine chain's stages) is set up once per process.
+_PROCESS_WORK: ImageWork | None = None
+
+
+def _install(work: ImageWork) -> None:
+    global _PROCESS_WORK
+    _PROCESS_WORK = work
+
+
+def _in_worker(sample: Sample) -> str | None:
+    assert _PROCESS_WORK is not None, "the pool's initializer installs the work"
+    return _guarded((_PROCESS_WORK, sample))
+
+
 def _outcome(entry: Future | str) -> str | None:
     """A finished image's message (None: written); a writer's unexpected error raises here."""
     return entry if isinstance(entry, str) else entry.result()
@@ -308,9 +323,8 @@ def run_per_image(samples: list[Sample], work: ImageWork, output: Callable[[Samp
     record.count("skipped_done", len(samples) - len(todo))
     if workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(workers) as pool:
-            outcomes: Iterable[str | None] = pool.imap_unordered(
-                _guarded, [(work, s) for s in todo], chunksize=1)
+        with context.Pool(workers, initializer=_install, initargs=(work,)) as pool:
+            outcomes: Iterable[str | None] = pool.imap_unordered(_in_worker, todo, chunksize=1)
             _collect(outcomes, len(todo), record, strict, description)
     elif io_workers > 0:
         with contextlib.closing(_overlapped(todo, work, io_workers)) as overlapped:

@@ -17,7 +17,7 @@ from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.methods.multiscale import (
-    LevelFusionConfig,
+    LevelFusionOptions,
     base_cams,
     multiscale_cam,
     multiscale_cams,
@@ -51,7 +51,7 @@ def test_a_batch_of_one_size_gives_each_image_s_own_maps(fpn: int | None) -> Non
     images = torch.rand(3, 3, 48, 80)
     samples = [Sample(f"im{i}", Path(f"im{i}.jpg")) for i in range(3)]
     chosen = {"im0": [0, 2], "im1": [3], "im2": []}
-    compute = base_cams(model, SCALES, True, LevelFusionConfig(), None)
+    compute = base_cams(model, SCALES, True, LevelFusionOptions(), None)
     batched = compute(samples, images, lambda sample, probs: chosen[sample.id])
     for sample, image, (classes, cams, probs) in zip(samples, images, batched, strict=True):
         [(alone_classes, alone, alone_probs)] = compute([sample], image[None],

@@ -9,7 +9,7 @@ import torch
 from conftest import igcam
 
 from igcam_cli.artifacts import read_cam
-from igcam_cli.methods.ccam import CcamConfig, class_conditional
+from igcam_cli.methods.ccam import CcamOptions, class_conditional
 from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import CamNet
 from igcam_cli.transforms import normalise
@@ -50,7 +50,7 @@ def _ccam(model: _RednessNet, image: torch.Tensor, **options: object) -> tuple[t
     cams = normalise(multiscale_cam(model, image, (1.0,), False)[0])
     model.passes = 0
     return cams[0], class_conditional(model, image, cams, [0], (1.0,), False,
-                                      CcamConfig(**options))[0]
+                                      CcamOptions(**options))[0]
 
 
 def test_hiding_reveals_the_weaker_part_and_stops_when_nothing_is_left() -> None:

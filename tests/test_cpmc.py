@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import igcam
 
 from igcam_cli.artifacts import read_cam
-from igcam_cli.methods.cpmc import CpmcConfig, affinity, cpmc, propagate
+from igcam_cli.methods.cpmc import CpmcOptions, affinity, cpmc, propagate
 from igcam_cli.models import CamNet
 
 GRID = (8, 12)  # feature grid of a 128 x 192 image at stride 16
@@ -54,7 +54,7 @@ def test_calibration_completes_the_object_and_drops_the_context() -> None:
     cam[0][_on_image(OBJECT_LEFT)] = 1.0
     cam[0][_on_image(CONTEXT)] = 0.8
     image = torch.zeros(3, 128, 192)
-    config = CpmcConfig(suppress=1.0)  # full weight, so the suppression shows plainly
+    config = CpmcOptions(suppress=1.0)  # full weight, so the suppression shows plainly
     out = cpmc(_FixedFeatures(), image, cam, config, flip=False)[0]
 
     def inner(region: tuple[slice, slice]) -> torch.Tensor:  # away from upsampling blur

@@ -14,7 +14,7 @@ from igcam_cli.artifacts import read_cam, write_npz, write_torch
 from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import DatasetSpec, Sample, load_dataset
 from igcam_cli.errors import IgcamError
-from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams, fuse_levels, level_weights
+from igcam_cli.methods.multiscale import LevelFusionOptions, base_cams, fuse_levels, level_weights
 from igcam_cli.models import FPN_LEVELS, CamNet, load_classifier, save_checkpoint_payload
 from igcam_cli.training.stage1 import prior_logits
 
@@ -123,12 +123,12 @@ def test_attention_weights_the_level_that_agrees_with_the_influence_map(agreeing
 def test_level_options_are_checked(tmp_path: Path) -> None:
     plain = CamNet(build_backbone("efficientnet-lite0", pretrained=False), 3)
     with pytest.raises(IgcamError, match="train-cls --fpn"):
-        base_cams(plain, (1.0,), True, LevelFusionConfig(levels=("s4",)), None)
+        base_cams(plain, (1.0,), True, LevelFusionOptions(levels=("s4",)), None)
     model = _fpn_model()
     with pytest.raises(IgcamError, match="--fpn-levels"):
-        base_cams(model, (1.0,), True, LevelFusionConfig(levels=("s2",)), None)
+        base_cams(model, (1.0,), True, LevelFusionOptions(levels=("s2",)), None)
     with pytest.raises(IgcamError, match="needs --influence"):
-        base_cams(model, (1.0,), True, LevelFusionConfig(attention="influence"), None)
+        base_cams(model, (1.0,), True, LevelFusionOptions(attention="influence"), None)
 
 
 def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,

@@ -9,7 +9,7 @@ import torch
 from conftest import igcam
 
 from igcam_cli.artifacts import read_cam
-from igcam_cli.methods.igcam import GuidanceConfig, box_means, instance_guided, spread
+from igcam_cli.methods.igcam import GuidanceOptions, box_means, instance_guided, spread
 
 
 def test_spread_and_box_means_match_brute_force() -> None:
@@ -44,7 +44,7 @@ def test_box_evidence_covers_the_part_the_cam_missed() -> None:
                           [60, 0, 96, 14],  # background only
                           [10, 10, 86, 54]])  # the object with a margin
     fused = instance_guided(_BrightnessClassifier(), image, cam, [0], boxes,
-                            GuidanceConfig(box_scores="crop", crop_size=32, top=2))
+                            GuidanceOptions(box_scores="crop", crop_size=32, top=2))
     right_end = fused[0, 20:44, 60:78]
     background = torch.cat([fused[0, :10].flatten(), fused[0, 56:].flatten()])
     assert cam[0, 20:44, 60:78].max() == 0  # the plain CAM misses the right end entirely

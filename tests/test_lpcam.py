@@ -18,7 +18,7 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import MethodContext
 from igcam_cli.methods.lpcam import (
     Lpcam,
-    LpcamConfig,
+    LpcamOptions,
     Reservoir,
     class_vectors,
     cosine_kmeans,
@@ -66,7 +66,7 @@ def _scene(left: int, top: int) -> torch.Tensor:
 def test_lpcam_covers_the_body_that_the_cam_misses() -> None:
     model = _PartsNet()
     training = [(_scene(left, top), [0]) for left, top in ((0, 0), (32, 16), (64, 48), (16, 64))]
-    tensors, report = make_prototypes(model, training, LpcamConfig(k=4, samples=200), flip=True)
+    tensors, report = make_prototypes(model, training, LpcamOptions(k=4, samples=200), flip=True)
     assert report["classes"][0]["class_prototypes"] == 2  # the head and the body
     assert report["classes"][0]["context_prototypes"] == 1  # the background (softmax 0.5)
     assert not report["classes"][0]["fallback"]
@@ -134,7 +134,7 @@ def test_lpcam_without_labelled_images_is_a_user_error(tmp_path: Path) -> None:
     checkpoint.write_bytes(b"any checkpoint")
     dataset = Dataset([Sample("a", tmp_path / "a.png")], ("x", "y"), [])
     with pytest.raises(IgcamError, match="labelled images"):
-        Lpcam(_context(tmp_path, checkpoint, dataset))
+        Lpcam(_context(tmp_path, checkpoint, dataset)).setup()
 
 
 def _labelled_folder(root: Path) -> Dataset:
@@ -156,7 +156,7 @@ def test_prototypes_are_rebuilt_or_refused_when_made_otherwise(tmp_path: Path) -
 
     def build_with(**options: object) -> None:
         Lpcam(_context(tmp_path / "run", checkpoint, dataset, scales=(1.0,)),
-              LpcamConfig(**options))
+              LpcamOptions(**options)).setup()
 
     def made() -> dict:
         return json.loads((folder / "manifest.json").read_text())
@@ -180,6 +180,7 @@ def test_classes_without_prototypes_keep_their_cam(tmp_path: Path) -> None:
     checkpoint = tmp_path / "classifier.pt"
     checkpoint.write_bytes(b"classifier")
     lpcam = Lpcam(_context(tmp_path, checkpoint, dataset, scales=(1.0,)))
+    lpcam.setup()  # what the chain does before the first image
     image = _scene(48, 32)
     cams = torch.rand(2, 96, 128)
     maps = lpcam(dataset.samples[1], image, cams, [0, 1])

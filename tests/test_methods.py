@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from igcam_cli.artifacts import RunDir, write_proposals
 from igcam_cli.backbones import build_backbone
-from igcam_cli.cli import METHOD_OPTIONS
+from igcam_cli.cli import COMMANDS, METHOD_OPTIONS, REFINER_OPTIONS
 from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.errors import IgcamError
@@ -26,6 +27,7 @@ from igcam_cli.images import read_image
 from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import multiscale_cam
 from igcam_cli.models import CamNet
+from igcam_cli.refiners import REFINERS, Maps, RefineChain, RefineContext, parse_refiners
 from igcam_cli.transforms import normalise, to_tensor
 
 # Small settings, so that every method runs in seconds on a CPU.
@@ -105,15 +107,21 @@ def test_chain_feeds_each_method_the_maps_of_the_one_before(context: MethodConte
 
 
 
+def _architecture_example(path: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The module that ARCHITECTURE.md shows as ``# igcam_cli/<path>``, exactly as written."""
+    text = (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text()
+    code = text.split(f"# igcam_cli/{path}\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("igcam_cli." + path.removesuffix(".py").replace("/", "."))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "ARCHITECTURE.md", "exec"), module.__dict__)
+    return module
+
+
 def test_the_architecture_example_is_a_whole_method(context: MethodContext,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """ARCHITECTURE.md's smallest method, as written there, plus its registry line: it runs,
     keeps the contract and gets its command-line option."""
-    text = (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text()
-    code = text.split("# igcam_cli/methods/sharpen.py\n", 1)[1].split("```", 1)[0]
-    module = types.ModuleType("igcam_cli.methods.sharpen")
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(code, "ARCHITECTURE.md", "exec"), module.__dict__)
+    module = _architecture_example("methods/sharpen.py", monkeypatch)
     monkeypatch.setitem(METHODS, "sharpen", module.Sharpen)  # the registry line
 
     sample, image, cams, classes = _inputs(context)
@@ -123,3 +131,29 @@ def test_the_architecture_example_is_a_whole_method(context: MethodContext,
     cubed = Chain(["sharpen"], context, {"sharpen": options})(sample, image, cams, classes)
     torch.testing.assert_close(cubed, normalise(cams ** 3))
     assert "sharpen_power" in {p.name for p in METHOD_OPTIONS.parameters()}
+    COMMANDS["cam"].parameters("cam")  # no option of cam's declared twice
+
+
+def test_the_architecture_example_refiner_is_set_up_once_by_its_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ARCHITECTURE.md's refiner that needs set-up, as written there, plus its registry line:
+    the chain sets it up once before its first image, and it smooths as it says."""
+    module = _architecture_example("refiners/smooth.py", monkeypatch)
+    monkeypatch.setitem(REFINERS, "smooth", module.Smooth)  # the registry line
+    set_up = []
+    original = module.Smooth.setup
+    monkeypatch.setattr(module.Smooth, "setup", lambda self: set_up.append(original(self)))
+
+    cams = np.zeros((1, 32, 32), np.float32)
+    cams[0, 8:24, 8:24] = 1.0  # a region
+    cams[0, 2, 28] = 1.0  # an isolated peak
+    chain = RefineChain(parse_refiners("smooth"), RefineContext(
+        RunDir(tmp_path), torch.device("cpu"), 0.5, 0), {})
+    maps = Maps(cams, np.array([0]), tmp_path / "image.png")
+    for _ in range(2):
+        smoothed = chain(maps).cams
+    assert len(set_up) == 1
+    assert smoothed[0, 16, 16] > 0.99 and smoothed[0, 2, 28] < 0.5  # the peak faded
+    assert chain(replace(maps, cams=cams[:0], classes=np.array([], int))).labels.shape == (32, 32)
+    assert "smooth_sigma" in {p.name for p in REFINER_OPTIONS.parameters()}
+    COMMANDS["refine"].parameters("refine")  # no option of refine's declared twice

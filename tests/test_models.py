@@ -8,7 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from igcam_cli.artifacts import write_torch
 from igcam_cli.backbones import BACKBONES, build_backbone, default_lr
-from igcam_cli.backbones.base import BackboneSpec, register
+from igcam_cli.backbones.base import BackboneSpec
 from igcam_cli.backbones.weights import weights_dir, weights_manifest
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
@@ -121,8 +121,8 @@ def test_every_registered_backbone_keeps_the_contract(name: str) -> None:
 def test_backbone_names_are_listed_in_registration_order_and_unique() -> None:
     assert list(BACKBONES) == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2",
                                "resnet50", "resnet101"]
-    with pytest.raises(ValueError, match="registered twice"):
-        register("resnet50", BackboneSpec(BACKBONES["resnet50"].build, "again", 0.1))
+    with pytest.raises(IgcamError, match="backbone 'resnet50' is registered twice"):
+        BACKBONES.register(BackboneSpec(BACKBONES["resnet50"].build, "again", 0.1), "resnet50")
     with pytest.raises(IgcamError, match="choose from efficientnet-lite0, .*, resnet101"):
         default_lr("unknown-net")
 

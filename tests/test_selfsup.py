@@ -12,7 +12,7 @@ from igcam_cli.artifacts import read_cam, sha256_file
 from igcam_cli.backbones import build_backbone
 from igcam_cli.models import CamNet
 from igcam_cli.training.losses import frozen_copy, mam_loss, rcm_loss
-from igcam_cli.training.selfsup import SelfSupConfig, selfsup_loss
+from igcam_cli.training.selfsup import SelfSupOptions, selfsup_loss
 from igcam_cli.transforms import normalise
 
 
@@ -60,7 +60,7 @@ def test_rcm_is_lower_when_region_features_agree_with_their_prototype() -> None:
     features[0, 2, 4:] = 1.0
     features += 0.05 * torch.randn(features.shape, generator=torch.Generator().manual_seed(0))
     shuffled = features.flatten(2)[..., torch.randperm(64)].view_as(features)
-    defaults = SelfSupConfig()
+    defaults = SelfSupOptions()
     options = {"threshold": defaults.rcm_threshold, "bg_threshold": defaults.rcm_bg_threshold,
                "temperature": defaults.rcm_temperature, "pixels": 8}
     agree, mixed = rcm_loss(features, guide, **options), rcm_loss(shuffled, guide, **options)
@@ -78,7 +78,7 @@ def test_support_net_stays_frozen_while_the_main_net_learns() -> None:
     batch, target = torch.rand(2, 3, 32, 32), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     features = model.features(batch)
     cams = model.cam(features)
-    loss = selfsup_loss(support, batch, features, cams, target, SelfSupConfig(rcm_weight=1.0))
+    loss = selfsup_loss(support, batch, features, cams, target, SelfSupOptions(rcm_weight=1.0))
     loss.backward()
     optimizer.step()
     assert loss > 0 and not any(p.requires_grad for p in support.parameters())

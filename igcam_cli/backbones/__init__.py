@@ -3,8 +3,9 @@
 Pretrained weights are resolved offline-first: ``--weights FILE``, then the weights folder
 (:func:`~igcam_cli.backbones.weights.weights_dir`) checked against the manifest shipped in this
 package, then torchvision's download. Adding a family is one module that calls
-:func:`~igcam_cli.backbones.base.register` and one import line below (the import is what
-registers it; the order of the lines is the order ``--backbone`` choices are listed in).
+``BACKBONES.register(spec, name)`` (:class:`~igcam_cli.registry.Registry`) for each network
+and one import line below (the import is what registers it; the order of the lines is the
+order ``--backbone`` choices are listed in).
 """
 
 from igcam_cli.backbones import efficientnet, resnet  # noqa: F401 - registers the families

@@ -2,8 +2,9 @@
 
 Every backbone returns one stride-16 feature map (the last stage runs at stride 1, as CAM methods
 need), has frozen BatchNorm (batches of a few images cannot estimate statistics) and carries
-its own input normalisation. A family module builds its networks and calls :func:`register` at
-import time, so the registry is complete once :mod:`igcam_cli.backbones` is imported.
+its own input normalisation. A family module builds its networks and registers them in
+:data:`BACKBONES` at import time, so the registry is complete once :mod:`igcam_cli.backbones`
+is imported.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from igcam_cli.errors import IgcamError
+from igcam_cli.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,14 +72,7 @@ class BackboneSpec:
 
 
 # In registration order, which is the order error messages and help list the names in.
-BACKBONES: dict[str, BackboneSpec] = {}
-
-
-def register(name: str, spec: BackboneSpec) -> None:
-    """Make ``name`` a ``--backbone`` choice; a second family claiming it is a programming bug."""
-    if name in BACKBONES:
-        raise ValueError(f"backbone {name!r} is registered twice")
-    BACKBONES[name] = spec
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def build_backbone(name: str, weights: Path | None = None, pretrained: bool = True,
@@ -86,15 +80,9 @@ def build_backbone(name: str, weights: Path | None = None, pretrained: bool = Tr
     """``output_stride`` 16 for CAMs; 32 restores the ImageNet network (used to check weights)."""
     if output_stride not in (16, 32):
         raise ValueError("output_stride must be 16 or 32")
-    return _spec(name).build(weights, pretrained, output_stride)
+    return BACKBONES[name].build(weights, pretrained, output_stride)
 
 
 def default_lr(name: str) -> float:
     """The backbone learning rate ``train-cls`` uses when ``--lr`` is not given."""
-    return _spec(name).default_lr
-
-
-def _spec(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise IgcamError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+    return BACKBONES[name].default_lr

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from igcam_cli.backbones.base import Backbone, BackboneSpec, freeze_batchnorm, register
+from igcam_cli.backbones.base import BACKBONES, Backbone, BackboneSpec, freeze_batchnorm
 from igcam_cli.backbones.weights import load_state_file
 from igcam_cli.errors import IgcamError
 
@@ -99,4 +99,4 @@ def _lite(variant: str, lr: float) -> BackboneSpec:
 # Lite0's 0.01: on voc-real its train mAP stayed at chance for 4 epochs, at 0.002 it learns
 # (bench/RESULTS.md). Lite2, the same family and larger, gets Lite1's rate.
 for _variant, _lr in (("lite0", 0.01), ("lite1", 0.002), ("lite2", 0.002)):
-    register(f"efficientnet-{_variant}", _lite(_variant, _lr))
+    BACKBONES.register(_lite(_variant, _lr), f"efficientnet-{_variant}")

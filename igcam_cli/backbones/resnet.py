@@ -10,7 +10,13 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from igcam_cli.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, register
+from igcam_cli.backbones.base import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneSpec,
+)
 from igcam_cli.backbones.weights import load_state_file, weights_dir, weights_manifest
 
 
@@ -85,4 +91,4 @@ def _resnet(depth: int) -> BackboneSpec:
 
 
 for _depth in (50, 101):
-    register(f"resnet{_depth}", _resnet(_depth))
+    BACKBONES.register(_resnet(_depth), f"resnet{_depth}")

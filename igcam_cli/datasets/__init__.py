@@ -2,7 +2,8 @@
 
 The data options (:class:`DatasetSpec`) select one format by its :meth:`DatasetFormat.detect`;
 steps load samples with :func:`load_dataset` and ask :func:`dataset_format` for ground truth
-and splits. Adding a layout is one module and one line in :data:`FORMATS`.
+and splits. Adding a layout is one module and one registry line in :data:`FORMATS` (a
+:class:`~igcam_cli.registry.Registry` of format instances).
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ from igcam_cli.datasets.coco import Coco
 from igcam_cli.datasets.folder import Folder, read_labels_file
 from igcam_cli.datasets.voc import Voc, labels_from_mask
 from igcam_cli.errors import IgcamError
+from igcam_cli.registry import Registry
 
-FORMATS: dict[str, DatasetFormat] = {fmt.name: fmt for fmt in (Voc(), Folder(), Coco())}
+FORMATS: Registry[DatasetFormat] = Registry("dataset format")
+FORMATS.register(Voc())
+FORMATS.register(Folder())
+FORMATS.register(Coco())
 
 __all__ = [
     "FORMATS", "VOC_CLASSES", "Dataset", "DatasetFormat", "DatasetSpec", "GroundTruth",

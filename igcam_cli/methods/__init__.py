@@ -1,8 +1,9 @@
 """CAM methods beyond the plain multi-scale CAM, selected by ``igcam cam --method``.
 
 Each method is a :class:`~igcam_cli.methods.base.CamMethod` subclass in a module of its own,
-listed once in :data:`METHODS`. Methods chain with ``+``: ``lpcam+igcam`` feeds LPCAM's maps to
-the instance-guided fusion as its base, so a combination is an option, not another code path.
+registered by one line in :data:`METHODS` (a :class:`~igcam_cli.registry.Registry`). Methods
+chain with ``+``: ``lpcam+igcam`` feeds LPCAM's maps to the instance-guided fusion as its
+base, so a combination is an option, not another code path.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from igcam_cli.methods.cpmc import Cpmc
 from igcam_cli.methods.igcam import InstanceGuided
 from igcam_cli.methods.lpcam import Lpcam
 from igcam_cli.options import parse_chain
+from igcam_cli.registry import PartChain, Registry
 
-METHODS: dict[str, type[CamMethod]] = {method.name: method for method in (
-    InstanceGuided,
-    Lpcam,
-    ClassConditional,
-    Cpmc,
-)}
+METHODS: Registry[type[CamMethod]] = Registry("CAM method")
+METHODS.register(InstanceGuided)
+METHODS.register(Lpcam)
+METHODS.register(ClassConditional)
+METHODS.register(Cpmc)
 
 
 # The plain CAM's best background threshold with the default classifier on voc-real (302
@@ -68,15 +69,18 @@ def parse_methods(spec: str) -> list[str]:
     return parse_chain(spec, METHODS, "cam")
 
 
-class Chain:
-    """Methods applied in turn, each to the maps of the one before."""
+class Chain(PartChain[CamMethod]):
+    """Methods applied in turn, each to the maps of the one before; set up on first use, or
+    when ``cam`` calls ``setup()`` before its first image so that a method that cannot work
+    stops the step before any."""
 
     def __init__(self, names: list[str], context: MethodContext,
                  options: Mapping[str, Any]) -> None:
-        self.stages: list[CamMethod] = [METHODS[n](context, options.get(n)) for n in names]
+        super().__init__(METHODS, names, context, options)
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:
+        self.setup()
         for stage in self.stages:
             cams = stage(sample, image, cams, classes)
         return cams

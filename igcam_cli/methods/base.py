@@ -3,8 +3,8 @@
 Every method refines the maps of the method before it (the base CAM, or the previous one in a
 chain ``a+b``): it receives one image and its max-normalised maps of the image's classes and
 returns the same classes' maps. Set-up that is done once per ``igcam cam`` call (reading
-folders, building prototypes) goes in ``setup()``, which sees only a
-:class:`MethodContext`, never the step's whole config. The options dataclass declares each
+folders, building prototypes) goes in ``setup()``, which the chain calls once and which sees
+only a :class:`MethodContext`, never the step's whole config. The options dataclass declares each
 option with :func:`igcam_cli.options.option`; the CLI offers it as ``--<name>-<field>``.
 """
 
@@ -13,14 +13,14 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import Dataset, Sample
 from igcam_cli.models import CamNet
-from igcam_cli.options import NoOptions, check
+from igcam_cli.registry import Part
 
 
 @dataclass(frozen=True)
@@ -38,28 +38,19 @@ class MethodContext:
     strict: bool
 
 
-class CamMethod(abc.ABC):
+class CamMethod(Part, abc.ABC):
     """One CAM method; subclasses set ``name`` and ``Options`` and implement ``__call__``.
 
-    A subclass's docstring is its ``--method`` help in ``igcam cam --help``.
+    A subclass's docstring is its ``--method`` help in ``igcam cam --help``. Set-up done once
+    per ``igcam cam`` call goes in ``setup()`` (:class:`~igcam_cli.registry.Part`), which the
+    chain calls with ``self.context`` (a :class:`MethodContext`) and ``self.options`` set.
     """
 
-    name: ClassVar[str]
-    Options: ClassVar[type] = NoOptions
+    context: MethodContext
     # The background threshold measured best for this method's maps on voc-real (the default
     # classifier, bench/RESULTS.md), which ``refine`` uses when none is given; None: not
     # measured. Methods differ: LPCAM's maps stand higher on the object than the CAM's.
     threshold: ClassVar[float | None] = None
-
-    def __init__(self, context: MethodContext, options: Any = None) -> None:
-        self.context = context
-        self.options = self.Options() if options is None else options
-        check(self.options, f"{self.name}-")
-        self.setup()
-
-    def setup(self) -> None:  # noqa: B027 - most methods need no set-up
-        """Work done once per ``igcam cam`` call, with ``self.context`` and ``self.options``
-        set: read folders, build prototypes; raise ``IgcamError`` for what cannot work."""
 
     @abc.abstractmethod
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,

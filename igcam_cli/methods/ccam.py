@@ -40,7 +40,7 @@ from igcam_cli.transforms import normalise, resize, scaled_size
 
 
 @dataclass(frozen=True)
-class CcamConfig:
+class CcamOptions:
     """How far ``ccam`` hides and re-runs, when it stops, and its crops."""
 
     rounds: int = option(
@@ -69,7 +69,7 @@ class CcamConfig:
 
 @torch.inference_mode()
 def hide_and_reveal(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: list[int],
-                    scales: tuple[float, ...], flip: bool, config: CcamConfig) -> torch.Tensor:
+                    scales: tuple[float, ...], flip: bool, config: CcamOptions) -> torch.Tensor:
     """Grow each class's map (K, H, W) by what re-runs on its progressively hidden image show."""
     fill = image.mean(dim=(1, 2), keepdim=True)
     maps = cams.clone()
@@ -112,7 +112,7 @@ def crop_boxes(cams: torch.Tensor, margin: float) -> list[tuple[int, int, int, i
 
 @torch.inference_mode()
 def crop_cams(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: list[int],
-              scales: tuple[float, ...], flip: bool, config: CcamConfig) -> torch.Tensor:
+              scales: tuple[float, ...], flip: bool, config: CcamOptions) -> torch.Tensor:
     """(K, H, W) max over the four crops of their zoomed, crop-normalised multi-scale CAMs."""
     fused = torch.zeros_like(cams)
     long_side = config.crop_size or max(image.shape[1:])
@@ -128,7 +128,7 @@ def crop_cams(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: l
 
 @torch.inference_mode()
 def class_conditional(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: list[int],
-                      scales: tuple[float, ...], flip: bool, config: CcamConfig) -> torch.Tensor:
+                      scales: tuple[float, ...], flip: bool, config: CcamOptions) -> torch.Tensor:
     """The hiding maps of ``cams`` (K, H, W), fused with the crops' maps, max-normalised."""
     if not classes:
         return cams
@@ -143,7 +143,7 @@ class ClassConditional(CamMethod):
     objects (up to rounds x classes + 4 more CAMs per image)."""
 
     name = "ccam"
-    Options = CcamConfig
+    Options = CcamOptions
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:

@@ -60,7 +60,7 @@ from igcam_cli.transforms import normalise, resize
 
 
 @dataclass(frozen=True)
-class CpmcConfig:
+class CpmcOptions:
     """The affinity that refines the CAM, what counts as confident and as a disagreement, and
     the weights of the four maps in the calibrated one."""
 
@@ -126,7 +126,7 @@ def region_similarity(features: torch.Tensor, regions: torch.Tensor) -> torch.Te
     return (prototypes @ flat).clamp_min(0).view(regions.shape)
 
 
-def calibrate(features: torch.Tensor, cams: torch.Tensor, config: CpmcConfig) -> torch.Tensor:
+def calibrate(features: torch.Tensor, cams: torch.Tensor, config: CpmcOptions) -> torch.Tensor:
     """Calibrated (K, h, w) maps from unit ``features`` (D, h, w) and classifier ``cams``."""
     classifier = normalise(propagate(cams, affinity(features, config.beta), config.iterations))
     prototype = normalise(region_similarity(features, classifier > config.threshold))
@@ -139,7 +139,7 @@ def calibrate(features: torch.Tensor, cams: torch.Tensor, config: CpmcConfig) ->
 
 
 @torch.inference_mode()
-def cpmc(model: CamNet, image: torch.Tensor, cams: torch.Tensor, config: CpmcConfig,
+def cpmc(model: CamNet, image: torch.Tensor, cams: torch.Tensor, config: CpmcOptions,
          flip: bool) -> torch.Tensor:
     """Calibrated max-normalised (K, H, W) maps of ``image`` (3, H, W) from its ``cams``."""
     if len(cams) == 0:
@@ -156,7 +156,7 @@ class Cpmc(CamMethod):
 
     name = "cpmc"
     threshold = 0.30  # seed 38.5 mIoU on voc-real
-    Options = CpmcConfig
+    Options = CpmcOptions
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:

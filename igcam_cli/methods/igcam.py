@@ -41,7 +41,7 @@ BOX_SCORES = ("crop", "roi")
 
 
 @dataclass(frozen=True)
-class GuidanceConfig:
+class GuidanceOptions:
     proposals: Path | None = option(None, "Proposal folder (default RUN/propose).")
     box_scores: str = option(
         "crop", "crop (classify each box's crop) or roi (RoI-align the feature map; faster, "
@@ -56,7 +56,7 @@ class GuidanceConfig:
 
 @torch.inference_mode()
 def box_probabilities(model: CamNet, image: torch.Tensor, boxes: torch.Tensor,
-                      config: GuidanceConfig) -> torch.Tensor:
+                      config: GuidanceOptions) -> torch.Tensor:
     """(N, C) class probabilities of every box; ``image`` (3, H, W) in [0, 1]."""
     rois = [boxes.float()]
     if config.box_scores == "crop":
@@ -94,7 +94,7 @@ def spread(boxes: torch.Tensor, weights: torch.Tensor, height: int, width: int) 
 
 
 def instance_guided(model: CamNet, image: torch.Tensor, cams: torch.Tensor, classes: list[int],
-                    boxes: torch.Tensor, config: GuidanceConfig,
+                    boxes: torch.Tensor, config: GuidanceOptions,
                     influence: torch.Tensor | None = None) -> torch.Tensor:
     """Fuse max-normalised ``cams`` (K, H, W) of ``classes`` with their proposals' evidence.
 
@@ -122,7 +122,7 @@ class InstanceGuided(CamMethod):
     weights the boxes by the spatial influence maps)."""
 
     name = "igcam"
-    Options = GuidanceConfig
+    Options = GuidanceOptions
 
     def setup(self) -> None:
         context = self.context

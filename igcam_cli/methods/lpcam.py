@@ -60,7 +60,7 @@ STORE_DTYPE = torch.float16  # pooled features: half the memory, ample for clust
 
 
 @dataclass(frozen=True)
-class LpcamConfig:
+class LpcamOptions:
     prototypes: Path | None = option(
         None, "Prototype folder, read if it holds prototypes of this checkpoint and these "
               "options, else built there from the labelled images (default RUN/prototypes).")
@@ -182,7 +182,7 @@ def select(centres: torch.Tensor, weight: torch.Tensor, c: int, low: float, high
 
 @torch.inference_mode()
 def make_prototypes(model: CamNet, images: Iterable[tuple[torch.Tensor, list[int]]],
-                    options: LpcamConfig, flip: bool) -> tuple[dict[str, torch.Tensor], dict]:
+                    options: LpcamOptions, flip: bool) -> tuple[dict[str, torch.Tensor], dict]:
     """Collect, cluster and select; returns the tensors to store and a report for the manifest.
 
     Stored: ``class_prototypes`` (N, D) with their ``class_ids`` (N,), ``context_prototypes``
@@ -265,7 +265,7 @@ def _images(samples: list[Sample], device: torch.device, record: artifacts.StepR
         yield to_tensor(image).to(device), list(sample.labels or ())
 
 
-def prototypes(context: MethodContext, options: LpcamConfig) -> dict[str, torch.Tensor]:
+def prototypes(context: MethodContext, options: LpcamOptions) -> dict[str, torch.Tensor]:
     """Load the run's prototypes, or compute and store them when absent or made otherwise."""
     folder = options.prototypes or context.run.step("prototypes")
     recipe = {"checkpoint_sha256": artifacts.sha256_file(context.checkpoint),
@@ -314,7 +314,7 @@ class Lpcam(CamMethod):
 
     name = "lpcam"
     threshold = 0.65  # seed 45.3 mIoU on voc-real; 39.6 at the CAM's 0.40
-    Options = LpcamConfig
+    Options = LpcamOptions
 
     def setup(self) -> None:
         context = self.context

@@ -167,7 +167,7 @@ LEVEL_ATTENTION = ("none", "influence")
 
 
 @dataclass(frozen=True)
-class LevelFusionConfig:
+class LevelFusionOptions:
     """How ``igcam cam`` fuses the CAMs of an FPN classifier's pyramid levels (``--fpn-*``)."""
 
     levels: tuple[str, ...] = option(
@@ -247,7 +247,7 @@ BaseCams = Callable[[list[Sample], torch.Tensor, Callable[[Sample, torch.Tensor]
                     Kept]
 
 
-def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: LevelFusionConfig,
+def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: LevelFusionOptions,
               influence: Path | None) -> BaseCams:
     """The kept classes, their (K, H, W) CAMs and the (C,) probabilities of each image of a
     batch: plain, or fused over FPN levels.
@@ -255,7 +255,7 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
     ``influence`` is an ``igcam influence`` folder, read by ``--fpn-attention influence``.
     """
     if model.neck is None:
-        if fusion != LevelFusionConfig():
+        if fusion != LevelFusionOptions():
             raise IgcamError("--fpn-levels, --fpn-attention and --fpn-temperature need a "
                              "classifier trained with `igcam train-cls --fpn`")
         return lambda samples, images, keep: multiscale_cams(

@@ -1,8 +1,9 @@
 """Refiners of ``igcam refine --method``: CAM maps -> pseudo-masks.
 
 Each refiner is a :class:`~igcam_cli.refiners.base.Refiner` subclass in a module of its own,
-listed once in :data:`REFINERS`. They chain with ``+``: ``rw+crf`` walks the CAMs, then
-DenseCRF labels the walked maps. ``none`` is the background threshold alone.
+registered by one line in :data:`REFINERS` (a :class:`~igcam_cli.registry.Registry`). They
+chain with ``+``: ``rw+crf`` walks the CAMs, then DenseCRF labels the walked maps. ``none`` is
+the background threshold alone.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from igcam_cli.options import parse_chain
 from igcam_cli.refiners.base import Maps, RefineContext, Refiner
 from igcam_cli.refiners.crf import DenseCrf
 from igcam_cli.refiners.walk import ColourWalk, RandomWalk
+from igcam_cli.registry import PartChain, Registry
 
-REFINERS: dict[str, type[Refiner]] = {refiner.name: refiner for refiner in (
-    DenseCrf,
-    RandomWalk,
-    ColourWalk,
-)}
+REFINERS: Registry[type[Refiner]] = Registry("refiner")
+REFINERS.register(DenseCrf)
+REFINERS.register(RandomWalk)
+REFINERS.register(ColourWalk)
 
 
 def parse_refiners(spec: str) -> list[str]:
@@ -39,19 +40,36 @@ def parse_refiners(spec: str) -> list[str]:
     return names
 
 
-class RefineChain:
-    """Refiners applied in turn; the background threshold labels what none of them did."""
+def required_steps(names: list[str]) -> list[str]:
+    """The steps the refiners ``names`` need to have run first (``train-aff`` for ``rw``)."""
+    return REFINERS.needs(names)
+
+
+class RefineChain(PartChain[Refiner]):
+    """Refiners applied in turn; the background threshold labels what none of them did.
+
+    Set up on first use in the process that refines: ``refine`` sets up a chain that runs in
+    the main process before the first image; a ``--workers`` process gets the chain as built
+    (no networks) and sets it up once, on its first image.
+    """
+
+    context: RefineContext
 
     def __init__(self, names: list[str], context: RefineContext,
                  options: Mapping[str, Any]) -> None:
-        self.context = context
-        self.stages: list[Refiner] = [REFINERS[n](context, options.get(n)) for n in names]
+        super().__init__(REFINERS, names, context, options)
 
     @property
     def in_process(self) -> bool:
         return any(stage.in_process for stage in self.stages)
 
+    def check(self) -> None:
+        """Every stage's fast check, in the main process before any image."""
+        for stage in self.stages:
+            stage.check()
+
     def __call__(self, maps: Maps, bg_threshold: float | None = None) -> Maps:
+        self.setup()
         for stage in self.stages:
             maps = stage(maps)
         labels = maps.labels
@@ -71,4 +89,4 @@ def refiner_help() -> str:
 
 
 __all__ = ["REFINERS", "Maps", "RefineChain", "RefineContext", "Refiner", "parse_refiners",
-           "refiner_help"]
+           "refiner_help", "required_steps"]

@@ -4,7 +4,8 @@ A refiner receives one image's :class:`Maps` (its classes' score maps at full re
 once a stage has decided them, its labels) and returns them changed: ``rw`` and ``par``
 replace the scores by propagated ones, ``crf`` decides the labels. Stages chain with ``+``
 (``rw+crf``); whatever has no labels at the end gets them from the background threshold.
-Set-up done once per ``igcam refine`` call (loading a network) goes in ``setup()``. The
+Set-up done once per ``igcam refine`` call (loading a network) goes in ``setup()``, which the
+chain calls once in the process that refines. The
 options dataclass declares each option with :func:`igcam_cli.options.option`; the CLI
 offers it as ``--<name>-<field>``.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from igcam_cli.artifacts import RunDir
-from igcam_cli.options import NoOptions, check
+from igcam_cli.registry import Part
 
 
 @dataclass
@@ -44,30 +45,25 @@ class RefineContext:
     max_side: int  # images larger than this are processed shrunk (0: never)
 
 
-class Refiner(abc.ABC):
+class Refiner(Part, abc.ABC):
     """One refiner; subclasses set ``name`` and ``Options`` and implement ``__call__``.
 
-    A subclass's docstring is its ``--method`` help in ``igcam refine --help``. One that holds
-    a network sets ``in_process``: it runs in the main process (the network loaded once, on
-    the step's ``--device``), not in ``--workers`` processes.
+    A subclass's docstring is its ``--method`` help in ``igcam refine --help``. Set-up done
+    once per ``igcam refine`` call (loading a network) goes in ``setup()``
+    (:class:`~igcam_cli.registry.Part`): the chain calls it once in the process that refines,
+    in each ``--workers`` process too. One that holds a network sets ``in_process``: it runs
+    in the main process (the network loaded once, on the step's ``--device``), not in
+    ``--workers`` processes. One that needs a step run first names it in ``needs``
+    (``rw``: ``train-aff``), and ``igcam run`` runs that step before it.
     """
 
-    name: ClassVar[str]
-    Options: ClassVar[type] = NoOptions
+    context: RefineContext
     in_process: ClassVar[bool] = False
     sets_labels: ClassVar[bool] = False  # a stage that decides the labels must come last
 
-    def __init__(self, context: RefineContext, options: Any = None) -> None:
-        self.context = context
-        self.options = self.Options() if options is None else options
-        check(self.options, f"{self.name}-")
-
-    def setup(self) -> None:  # noqa: B027 - most refiners need no set-up
-        """Work done once per ``igcam refine`` call in the process that refines (after
-        pickling into a worker, too); raise ``IgcamError`` for what cannot work."""
-
     def check(self) -> None:  # noqa: B027 - most refiners have nothing to check
-        """Fail fast, before any image, in the main process (a missing library, say)."""
+        """Fail fast, before any image, in the main process (a missing library, say); no
+        set-up here, which the chain does where the refiner runs."""
 
     @abc.abstractmethod
     def __call__(self, maps: Maps) -> Maps:

@@ -39,14 +39,12 @@ class RandomWalk(Refiner):
     name = "rw"
     Options = WalkOptions
     in_process = True
+    needs = ("train-aff",)
 
     def setup(self) -> None:
         path = self.options.checkpoint or self.context.run.affinity()
         self.net, _ = load_boundary_net(path, self.context.device)
         self.paths = PathAffinity(self.options.radius, half=False)
-
-    def check(self) -> None:
-        self.setup()
 
     @torch.no_grad()
     def __call__(self, maps: Maps) -> Maps:

@@ -28,7 +28,7 @@ from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import image_size, read_image
 from igcam_cli.methods import Chain, MethodContext, method_help, parse_methods
-from igcam_cli.methods.multiscale import LevelFusionConfig, base_cams
+from igcam_cli.methods.multiscale import LevelFusionOptions, base_cams
 from igcam_cli.models import check_classes, load_classifier
 from igcam_cli.options import option
 from igcam_cli.runner import ClassifierStepConfig, ImageStep, ImageWork, resolve_device
@@ -63,7 +63,7 @@ class CamConfig(ClassifierStepConfig):
         None, "An influence folder (e.g. RUN/influence) whose spatial maps igcam uses to weight "
               "the boxes and --fpn-attention influence to weight the levels. Default: not "
               "used.")
-    fpn: LevelFusionConfig = options.nested(LevelFusionConfig, prefix="fpn-")
+    fpn: LevelFusionOptions = options.nested(LevelFusionOptions, prefix="fpn-")
     device: str = options.device()
     batch_images: int = option(
         1, "Images of one size (after --max-side) that share each scale's forward pass, at "
@@ -108,6 +108,7 @@ def cam(config: CamConfig) -> Path:
     chain = Chain(names, MethodContext(model, device, config.scales, config.flip, dataset, run,
                                        checkpoint, config.influence, config.strict),
                   config.method_options)
+    chain.setup()  # here, so that a method that cannot work stops the step before any image
     # The manifest records the options of the methods that ran, not of every one registered.
     used = {stage.name: stage.options for stage in chain.stages}
     step = ImageStep("cam", config.out or run.cam(config.method),

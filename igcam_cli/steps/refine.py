@@ -70,16 +70,12 @@ class RefineConfig:
 @dataclass
 class _RefineImage:
     """One image's work (read the CAM file, refine, write the mask), picklable so that
-    ``--workers`` processes can run it; each process builds the chain (and loads its
-    networks) on first use."""
+    ``--workers`` processes can run it; the chain sets itself up in the process that runs it."""
 
-    names: list[str]
-    context: RefineContext
-    method_options: dict[str, Any]
+    chain: RefineChain
     bg_threshold: float | None
     out: Path
     scores: Path | None
-    chain: RefineChain | None = None
 
     def load(self, sample: Sample) -> tuple[Maps, np.ndarray]:
         """The CAM file's maps and its class probabilities (kept for --save-scores)."""
@@ -89,10 +85,6 @@ class _RefineImage:
 
     def compute(self, sample: Sample, loaded: tuple[Maps, np.ndarray]
                 ) -> tuple[Maps, np.ndarray]:
-        if self.chain is None:
-            self.chain = RefineChain(self.names, self.context, self.method_options)
-            for stage in self.chain.stages:
-                stage.setup()
         maps, scores = loaded
         return self.chain(maps, self.bg_threshold), scores
 
@@ -102,9 +94,6 @@ class _RefineImage:
             write_cam(self.scores / f"{sample.id}.npz", maps.classes,
                       maps.cams.astype(np.float16), scores, maps.image)
         save_label_map(self.out / f"{sample.id}.png", maps.labels)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "chain": None}  # networks are not shipped to workers
 
 
 def refine(config: RefineConfig) -> Path:
@@ -127,8 +116,10 @@ def refine(config: RefineConfig) -> Path:
     context = RefineContext(run, resolve_device(config.device), config.threshold,
                             config.max_side)
     chain = RefineChain(names, context, config.method_options)
-    for stage in chain.stages:
-        stage.check()
+    chain.check()
+    workers = 1 if chain.in_process else config.workers
+    if workers == 1:  # refined here: set up before the first image, so that what fails stops
+        chain.setup()  # the step before any
     used = {stage.name: stage.options for stage in chain.stages}
     step = ImageStep("refine", config.out or run.refine(config.method),
                      replace(config, method_options=used), shard)
@@ -136,10 +127,9 @@ def refine(config: RefineConfig) -> Path:
     samples = step.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])
     step.record.inputs = {"cams": str(cams), "num_cams": len(samples)}
     scores = ensure_dir(RunDir.refined_scores(step.out)) if config.save_scores else None
-    one = _RefineImage(names, context, used, config.bg_threshold, step.out, scores,
-                       chain if chain.in_process else None)
+    one = _RefineImage(chain, config.bg_threshold, step.out, scores)
     step.run(samples, ImageWork(one.load, one.compute, one.write),
              lambda s: step.out / f"{s.id}.png", overwrite=config.overwrite,
-             strict=config.strict, workers=1 if chain.in_process else config.workers,
+             strict=config.strict, workers=workers,
              io_workers=config.io_workers)
     return step.finish("masks written", chosen)

@@ -1,7 +1,9 @@
 """``igcam run``: every step in order into one run directory, skipping finished work.
 
-train-cls -> cam -> [eval of the CAMs] -> [train-aff, for rw] -> refine -> [eval of the
-masks] -> overlay pictures, the evals when the dataset has ground truth. The default CAM method
+train-cls -> cam -> [eval of the CAMs] -> [the steps the refiners need, e.g. train-aff for rw]
+-> refine -> [eval of the masks] -> overlay pictures, the evals when the dataset has ground
+truth. Every option of the CAM methods and refiners (``--lpcam-k``, ``--crf-iters``) is passed
+to ``cam`` and ``refine`` as they would take it. The default CAM method
 is ``lpcam`` and the default refiner ``crf``: the best measured on real photos with the default
 classifier (bench/RESULTS.md). ``--refine rw+crf`` adds the random walk, which spreads the CAMs
 over their objects before DenseCRF snaps the result to the image's edges.
@@ -17,15 +19,17 @@ where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from igcam_cli import options
 from igcam_cli.artifacts import DEFAULT_REFINER, PLAIN_CAM, RunDir
 from igcam_cli.datasets import dataset_format
 from igcam_cli.methods import cams_threshold, measured_threshold
 from igcam_cli.options import option
-from igcam_cli.refiners import REFINERS, parse_refiners
+from igcam_cli.refiners import REFINERS, parse_refiners, required_steps
 from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
@@ -52,23 +56,36 @@ class RunConfig(DataStepConfig):
     lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     method: str = option(
-        DEFAULT_METHOD, "CAM method (see `igcam cam --method`), with its default options; its "
-                        "maps go to RUN/cam-METHOD (RUN/cam for cam). lpcam builds prototypes "
-                        "from the labelled images first and takes about 2.4x cam's time.")
+        DEFAULT_METHOD, "CAM method (see `igcam cam --method`), with its options as cam takes "
+                        "them (--METHOD-...); its maps go to RUN/cam-METHOD (RUN/cam for cam). "
+                        "lpcam builds prototypes from the labelled images first and takes about "
+                        "2.4x cam's time.")
     threshold: float | None = option(
         None, "Background threshold for the masks. Default: the best of the seed sweep when "
               "the dataset has ground truth, else the one measured best on voc-real for "
               f"--method ({measured_threshold(DEFAULT_METHOD)} for {DEFAULT_METHOD}, see "
               "`igcam refine --help`).")
     refine: str = option(
-        DEFAULT_REFINER, "Refiner chain for the masks (see `igcam refine --method`); with rw, "
-                          "train-aff runs first. With ground truth and no --threshold, a chain "
-                          "of walks (rw, par) then crf runs the walks first and takes crf's "
-                          "threshold from the sweep of the walked maps.")
+        DEFAULT_REFINER, "Refiner chain for the masks (see `igcam refine --method`), with its "
+                         "refiners' options as refine takes them (--REFINER-...); the steps a "
+                         "refiner needs run first (train-aff for rw). With ground truth and "
+                         "no --threshold, a chain of walks (rw, par) then crf runs the walks "
+                         "first and takes crf's threshold from the sweep of the walked maps.")
     device: str = options.device()
     workers: int = options.workers()
     vis: int = option(16, "Overlay pictures to write.", min=0)
     strict: bool = options.strict()
+    # Options of the CAM methods and of the refiners, by name, as `cam` and `refine` take them.
+    method_options: dict[str, Any] = field(default_factory=dict)
+    refiner_options: dict[str, Any] = field(default_factory=dict)
+
+
+# The steps a refiner may need first (its ``needs``) and how run makes their config: the run's
+# own settings, the CAM folder to learn from (None: the plain CAM's) and resume, as a rerun of
+# run continues them. A step named here takes those fields.
+PREREQUISITES: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    "train-aff": (AffinityConfig, train_aff),
+}
 
 
 def run(config: RunConfig) -> dict[str, dict]:
@@ -79,7 +96,8 @@ def run(config: RunConfig) -> dict[str, dict]:
         crop=config.crop, lr=config.lr, device=config.device, strict=config.strict,
         resume=True))
     cams = cam(CamConfig(run=config.run, dataset=config.dataset, scales=config.scales,
-                         method=config.method, device=config.device, strict=config.strict))
+                         method=config.method, device=config.device, strict=config.strict,
+                         method_options=config.method_options))
     folders = RunDir(config.run)
     fmt = dataset_format(config.dataset)
     gt = fmt.ground_truth(config.dataset) if fmt is not None else None
@@ -102,12 +120,13 @@ def run(config: RunConfig) -> dict[str, dict]:
     # recipes match those of the same steps run by hand (and of runs made before --method).
     given = None if config.method == PLAIN_CAM else cams
     names = parse_refiners(config.refine)
-    if "rw" in names:
-        train_aff(AffinityConfig(run=config.run, cams=given, device=config.device,
-                                 workers=config.workers, strict=config.strict, resume=True))
+    for needed in required_steps(names):
+        make, step = PREREQUISITES[needed]
+        step(make(run=config.run, cams=given, device=config.device, workers=config.workers,
+                  strict=config.strict, resume=True))
     walks = names[:next((i for i, n in enumerate(names) if REFINERS[n].sets_labels), len(names))]
     common_refine = {"run": config.run, "device": config.device, "workers": config.workers,
-                     "strict": config.strict}
+                     "strict": config.strict, "method_options": config.refiner_options}
     source, method = given, config.refine
     if walks and len(walks) < len(names) and gt is not None and config.threshold is None:
         walk = "+".join(walks)

@@ -60,7 +60,7 @@ from igcam_cli.runner import (
     summarise_warnings,
     trained_already,
 )
-from igcam_cli.training import stage_class
+from igcam_cli.training import STAGES
 from igcam_cli.training.base import TrainingStage
 from igcam_cli.transforms import to_tensor, train_augment
 
@@ -230,7 +230,7 @@ def train_cls(config: TrainConfig) -> Path:
     options.check(config)
     world = distributed.world()
     world.per_rank_batch(config.batch_size)  # before the data is read: a wrong split fails fast
-    stage = stage_class(config.stage)(config, config.stage_options.get(config.stage))
+    stage = STAGES[config.stage](config, config.stage_options.get(config.stage))
     run = RunDir(config.run)
     out = ensure_dir(run.train_cls(stage.folder))
     remove_stale_temps(out)

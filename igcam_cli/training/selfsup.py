@@ -24,7 +24,7 @@ from igcam_cli.training.losses import frozen_copy, mam_loss, rcm_loss, support_c
 
 
 @dataclass(frozen=True)
-class SelfSupConfig:
+class SelfSupOptions:
     """``--stage self-sup``: weights of RCM and MAM and what the SupportNet's CAMs mark."""
 
     # InfoNCE starts near log(classes + 1), above the other terms: hence the small weight.
@@ -56,7 +56,7 @@ class SelfSupConfig:
 
 
 def selfsup_loss(support: CamNet, batch: torch.Tensor, features: torch.Tensor,
-                 cams: torch.Tensor, target: torch.Tensor, options: SelfSupConfig
+                 cams: torch.Tensor, target: torch.Tensor, options: SelfSupOptions
                  ) -> torch.Tensor:
     """The self-sup stage's addition to the classification loss: weighted MAM + RCM."""
     guide = support_cams(support, batch, options.mam_scales, cams.shape[-2:])
@@ -71,8 +71,8 @@ def selfsup_loss(support: CamNet, batch: torch.Tensor, features: torch.Tensor,
 class SelfSup(FineTuningStage):
     name = "self-sup"
     folder = "selfsup"
-    Options = SelfSupConfig
-    options: SelfSupConfig
+    Options = SelfSupOptions
+    options: SelfSupOptions
     support: CamNet
 
     def prepare(self, model: CamNet) -> None:
