@@ -221,10 +221,9 @@ def test_outputs_made_with_other_options_are_refused_or_redone(trained_run: Path
     assert other.returncode == 2 and "another threshold" in other.stderr, other.stderr
 
 
-def test_finished_training_with_other_options_is_refused(trained_run: Path,
-                                                         tiny_voc: Path) -> None:
+def test_finished_training_with_other_options_is_refused(own_run: Path, tiny_voc: Path) -> None:
     """Before, `--resume --epochs 3` on a finished 2-epoch run said 'exists, skipping'."""
-    common = ("train-cls", "--run", trained_run, "--voc", tiny_voc, "--crop", "64",
+    common = ("train-cls", "--run", own_run, "--voc", tiny_voc, "--crop", "64",
               "--batch-size", "8", "--device", "cpu", "--resume")
     refused = igcam(*common, "--epochs", "3")
     assert refused.returncode == 2 and "another epochs" in refused.stderr, refused.stderr
