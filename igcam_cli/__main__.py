@@ -1,3 +1,3 @@
 from igcam_cli.cli import main
 
-main()
+raise SystemExit(main())

@@ -18,7 +18,7 @@ import inspect
 import sys
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -29,12 +29,6 @@ from igcam_cli import __version__
 from igcam_cli.errors import IgcamError, console
 from igcam_cli.options import comma_list
 from igcam_cli.registry import Registry
-
-app = typer.Typer(
-    name="igcam", no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Pixel-level pseudo-masks from image-level labels (weakly supervised segmentation). "
-         "Steps read and write artifacts in a run directory: train-cls -> cam -> refine -> eval; "
-         "`igcam run` chains them and `igcam demo` shows them on generated data.")
 
 LISTS = {tuple[float, ...]: float, tuple[str, ...]: str}  # shown as comma-separated text
 
@@ -179,8 +173,8 @@ class Command:
         return _unique_parameters(name, [(f"igcam {name}'s own options", _parameters(config)),
                                         *(o for r in self.registries for o in r.owned())])
 
-    def register(self, name: str) -> None:
-        """Add ``igcam NAME`` to the app: parse the config's options, call the step."""
+    def register(self, app: typer.Typer, name: str) -> None:
+        """Add ``igcam NAME`` to ``app``: parse the config's options, call the step."""
         config, step = self.imported()
         registries = self.registries
 
@@ -226,61 +220,84 @@ COMMANDS = {
 }
 
 
-def _register(argv: list[str]) -> None:
-    """Build the command that ``argv`` runs; only the list of commands for anything else.
-
-    A step's module imports torch, which takes seconds: ``igcam --help``, ``--version`` and a
-    mistyped command should not wait for every step's.
-    """
-    wanted = next((a for a in argv if not a.startswith("-")), None)
-    if wanted in COMMANDS:
-        COMMANDS[wanted].register(wanted)
-        return
-    for name, entry in COMMANDS.items():  # the listing needs names and help only
-        app.command(name, help=entry.help)(lambda: None)
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"igcam {__version__}")
         raise typer.Exit()
 
 
-@app.callback()
 def _main(version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")
 ] = False) -> None:
     """Pixel-level pseudo-masks from image-level labels."""
 
 
+def build_app(argv: Sequence[str]) -> typer.Typer:
+    """The app with the command that ``argv`` runs; only the list of commands for anything else.
+
+    A step's module imports torch, which takes seconds: ``igcam --help``, ``--version`` and a
+    mistyped command should not wait for every step's. A new app each time, so that a second
+    :func:`main` in one process (the tests) does not find the first one's command.
+    """
+    app = typer.Typer(
+        name="igcam", no_args_is_help=True, pretty_exceptions_enable=False,
+        help="Pixel-level pseudo-masks from image-level labels (weakly supervised "
+             "segmentation). Steps read and write artifacts in a run directory: train-cls -> "
+             "cam -> refine -> eval; `igcam run` chains them and `igcam demo` shows them on "
+             "generated data.")
+    app.callback()(_main)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    if wanted in COMMANDS:
+        COMMANDS[wanted].register(app, wanted)
+        return app
+    for name, entry in COMMANDS.items():  # the listing needs names and help only
+        app.command(name, help=entry.help)(lambda: None)
+    return app
+
+
 INTERRUPTED = 130  # the exit status of a step stopped by Ctrl-C (128 + SIGINT)
 
 
-def main() -> None:
-    """Console-script entry: user errors become one line on stderr and exit status 2."""
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
-    if len(sys.argv) == 1:
-        sys.argv.append("--help")
+def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry: user errors become one line on stderr and exit status 2.
+
+    Returns the exit status (the console script exits with it). ``argv`` defaults to the
+    command line; the warning format is set only while the command runs, so that ``main`` can
+    be called again in the same process.
+    """
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
-        _register(sys.argv[1:])  # a part registered twice or an option declared twice: one line
-        code = app(standalone_mode=False)
+        return _run(args)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(args: list[str]) -> int:
+    try:
+        app = build_app(args)  # a part registered twice or an option declared twice: one line
+        code = app(args=args, standalone_mode=False)
     except TyperException as error:  # a bad option: one line as well, not the parser's box
         message = error.format_message() if hasattr(error, "format_message") else str(error)
-        command = [a for a in sys.argv[1:2] if a in COMMANDS]
+        command = [a for a in args[:1] if a in COMMANDS]
         console.print(f"[bold red]error:[/] {message} (see `{' '.join(['igcam', *command])} "
                       "--help`)", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except IgcamError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""
         console.print(f"[bold red]error:[/]{where}: {error.strerror or error}", highlight=False,
                       soft_wrap=True)
-        sys.exit(2)
+        return 2
     except (KeyboardInterrupt, Abort):
         code = INTERRUPTED
     if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code rather than raising it
         console.print("interrupted: finished files are kept; rerun the same command to resume")
-    sys.exit(code if isinstance(code, int) else 0)
-
+    return code if isinstance(code, int) else 0

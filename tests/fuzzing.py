@@ -9,14 +9,14 @@ directory, leave a half-written file, or write a manifest that disagrees with th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from harness import Result
+from harness import igcam_process as igcam  # noqa: F401 - bench/fuzz.py runs each case alone
 
 from igcam_cli.artifacts import TMP_PREFIX, write_npz
 
@@ -65,17 +65,11 @@ FILE_CORRUPTIONS: dict[str, Corruption] = {
 NPZ_CORRUPTIONS: dict[str, Corruption] = {**FILE_CORRUPTIONS, "wrong-arrays": wrong_arrays}
 
 
-def igcam(*args: str | Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "igcam_cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
 def snapshot(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
 
-def check_run(result: subprocess.CompletedProcess[str], root: Path, before: set[Path],
+def check_run(result: Result | subprocess.CompletedProcess[str], root: Path, before: set[Path],
               allowed: list[Path], outputs: Path | None, suffix: str) -> list[str]:
     """What went wrong with one run on corrupted input; empty when nothing did."""
     problems = []

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness import copy_run, igcam, one_line_error
 from PIL import Image
 
 from igcam_cli.affinity import (
@@ -25,8 +26,6 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.images import IGNORE
 from igcam_cli.refiners import RefineChain, RefineContext, parse_refiners
 from igcam_cli.refiners.base import Maps
-from tests.conftest import igcam
-from tests.test_bad_input import _one_line_error
 
 
 def test_disk_offsets_half_holds_one_of_each_pair() -> None:
@@ -115,16 +114,6 @@ def test_refine_chains_are_parsed_and_checked() -> None:
         parse_refiners("walk")
 
 
-@pytest.fixture(scope="module")
-def cam_run(trained_run: Path, tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Path:
-    run = tmp_path_factory.mktemp("aff") / "run"
-    shutil.copytree(trained_run / "train-cls", run / "train-cls")
-    result = igcam("cam", "--run", run, "--voc", tiny_voc, "--scales", "1.0", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    return run
-
-
 ARGS = ("--epochs", "2", "--batch-size", "4", "--radius", "4", "--workers", "1",
         "--device", "cpu")
 
@@ -135,16 +124,17 @@ TARGETS = ("--fg-threshold", "0.8")
 
 
 def test_train_aff_resumes_to_the_uninterrupted_weights(cam_run: Path, tmp_path: Path) -> None:
-    result = igcam("train-aff", "--run", cam_run, *ARGS, *TARGETS)
+    run = copy_run(cam_run, tmp_path / "whole", "train-cls", "cam")
+    result = igcam("train-aff", "--run", run, *ARGS, *TARGETS)
     assert result.returncode == 0, result.stderr
-    folder = cam_run / "train-aff"
+    folder = run / "train-aff"
     whole = torch.load(folder / "affinity.pt", weights_only=True)
     labels = [np.array(Image.open(p)) for p in sorted((folder / "labels").glob("*.png"))]
     assert len(labels) == 24 and {0, IGNORE} <= set(np.unique(np.concatenate(
         [x.ravel() for x in labels])))
     # Interrupted during epoch 2: the run directory as it was after epoch 1.
     other = tmp_path / "run"
-    shutil.copytree(cam_run, other)
+    shutil.copytree(run, other)
     for name in ("affinity.pt", "manifest.json", "epoch-002.pt"):
         (other / "train-aff" / name).unlink()
     result = igcam("train-aff", "--run", other, *ARGS, *TARGETS, "--resume")
@@ -153,36 +143,37 @@ def test_train_aff_resumes_to_the_uninterrupted_weights(cam_run: Path, tmp_path:
     for key, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
 
-    result = igcam("refine", "--run", cam_run, "--method", "rw", "--device", "cpu",
+    result = igcam("refine", "--run", run, "--method", "rw", "--device", "cpu",
                    "--rw-steps", "8")
     assert result.returncode == 0, result.stderr
-    masks = sorted((cam_run / "refine-rw").glob("*.png"))
+    masks = sorted((run / "refine-rw").glob("*.png"))
     assert len(masks) == 24 and Image.open(masks[0]).mode == "P"
 
 
 def test_train_aff_bad_inputs(cam_run: Path, tmp_path: Path) -> None:
-    _one_line_error(igcam("train-aff", "--run", tmp_path / "empty", "--device", "cpu"),
-                    "no CAM files")
+    one_line_error(igcam("train-aff", "--run", tmp_path / "empty", "--device", "cpu"),
+                   "no CAM files")
     # CAMs of another class list: an id the classifier does not know.
     cams = tmp_path / "cams"
     cams.mkdir()
     photo = next((cam_run / "cam").glob("*.npz"))
     write_cam(cams / "x.npz", np.array([99]), np.zeros((1, 8, 8), np.float16),
               np.zeros(20, np.float32), photo)
-    _one_line_error(igcam("train-aff", "--run", tmp_path / "fresh", "--cams", cams,
-                          "--checkpoint", cam_run / "train-cls" / "classifier.pt",
-                          "--device", "cpu"), "class ids [99]")
+    one_line_error(igcam("train-aff", "--run", tmp_path / "fresh", "--cams", cams,
+                         "--checkpoint", cam_run / "train-cls" / "classifier.pt",
+                         "--device", "cpu"), "class ids [99]")
     assert not (tmp_path / "fresh" / "train-aff" / "affinity.pt").exists()
     # An affinity checkpoint whose weights are not those of the backbone it names.
     bad = tmp_path / "affinity.pt"
     write_torch(bad, {"format": "igcam-affinity/1", "backbone": "efficientnet-lite1",
                       "classifier_sha256": "", "model": {"head.weight": torch.zeros(1)}})
-    _one_line_error(igcam("refine", "--run", cam_run, "--method", "rw", "--rw-checkpoint", bad,
-                          "--device", "cpu"), "does not fit its backbone")
-    _one_line_error(igcam("refine", "--run", cam_run, "--method", "rw", "--rw-checkpoint",
-                          tmp_path / "missing.pt", "--device", "cpu"), "not found")
+    one_line_error(igcam("refine", "--run", cam_run, "--method", "rw", "--rw-checkpoint", bad,
+                         "--device", "cpu"), "does not fit its backbone")
+    one_line_error(igcam("refine", "--run", cam_run, "--method", "rw", "--rw-checkpoint",
+                         tmp_path / "missing.pt", "--device", "cpu"), "not found")
 
 
+@pytest.mark.slow
 def test_run_takes_crf_s_threshold_from_the_walked_maps(tiny_voc: Path, tmp_path: Path) -> None:
     """The chain rw+crf with ground truth: the walk first, its maps swept, DenseCRF on those
     maps at the sweep's best threshold."""

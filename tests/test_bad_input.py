@@ -1,4 +1,8 @@
-"""Bad input gives one line naming the problem and exit status 2, never a traceback."""
+"""Bad input gives one line naming the problem and exit status 2, never a traceback.
+
+The commands run in this process (:func:`harness.igcam`); the first test runs the entry point
+as its own process, as a shell does.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import igcam
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from harness import igcam, igcam_process, one_line_error
 
 
 @pytest.fixture()
@@ -29,6 +24,14 @@ def photos(tiny_voc: Path, tmp_path: Path) -> Path:
     (tmp_path / "labels.csv").write_text(
         "".join(f"demo_{i:04d},{['disc', 'square'][i % 2]}\n" for i in range(8)))
     return folder
+
+
+def test_the_entry_point_as_a_process_exits_2_on_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    one_line_error(igcam_process("train-cls", "--run", tmp_path / "run", "--images",
+                                 tmp_path / "empty"), "no images")
+    one_line_error(igcam_process("cam", "--run", tmp_path, "--box-top", "3"), "--box-top",
+                   "igcam cam --help")
 
 
 def _train(run: Path, photos: Path, tiny_voc: Path, *extra: str):
@@ -46,53 +49,53 @@ def test_corrupt_image_is_warned_counted_or_fatal_with_strict(
     assert "demo_0003.jpg" in result.stderr and "warning" in result.stderr
     manifest = json.loads((tmp_path / "run" / "train-cls" / "manifest.json").read_text())
     assert manifest["counts"]["failed"] == 1 and manifest["counts"]["images"] == 7
-    _one_line_error(_train(tmp_path / "strict", photos, tiny_voc, "--strict"), "demo_0003.jpg")
+    one_line_error(_train(tmp_path / "strict", photos, tiny_voc, "--strict"), "demo_0003.jpg")
     assert not (tmp_path / "strict" / "train-cls" / "classifier.pt").exists()
 
 
 def test_unknown_class_in_labels_file(photos: Path, tiny_voc: Path, tmp_path: Path) -> None:
     (photos.parent / "labels.csv").write_text("demo_0000,disc\ndemo_0001,unicorn\n")
-    _one_line_error(_train(tmp_path / "run", photos, tiny_voc), "labels.csv line 2", "unicorn")
+    one_line_error(_train(tmp_path / "run", photos, tiny_voc), "labels.csv line 2", "unicorn")
 
 
 def test_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    _one_line_error(igcam("train-cls", "--run", tmp_path / "run", "--images",
-                          tmp_path / "empty"), "no images")
+    one_line_error(igcam("train-cls", "--run", tmp_path / "run", "--images",
+                         tmp_path / "empty"), "no images")
 
 
 def test_output_directory_not_writable(photos: Path, tiny_voc: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the run directory should go")
-    _one_line_error(_train(blocker / "run", photos, tiny_voc), "not writable")
+    one_line_error(_train(blocker / "run", photos, tiny_voc), "not writable")
 
 
 def test_missing_split_file_and_missing_cams(tiny_voc: Path, tmp_path: Path) -> None:
-    _one_line_error(igcam("train-cls", "--run", tmp_path / "run", "--voc", tiny_voc, "--split",
-                          "nope"), "nope.txt")
-    _one_line_error(igcam("refine", "--run", tmp_path / "run"), "no CAM files")
-    _one_line_error(igcam("cam", "--run", tmp_path / "run", "--voc", tiny_voc),
-                    "classifier.pt")
+    one_line_error(igcam("train-cls", "--run", tmp_path / "run", "--voc", tiny_voc, "--split",
+                         "nope"), "nope.txt")
+    one_line_error(igcam("refine", "--run", tmp_path / "run"), "no CAM files")
+    one_line_error(igcam("cam", "--run", tmp_path / "run", "--voc", tiny_voc),
+                   "classifier.pt")
 
 
 def test_bad_option_values(tiny_voc: Path, tmp_path: Path) -> None:
     gt = tiny_voc / "SegmentationClass"
-    _one_line_error(igcam("eval", "--cams", gt, "--gt", gt, "--thresholds", "a:b"),
-                    "--thresholds")
-    _one_line_error(igcam("cam", "--run", tmp_path, "--voc", tiny_voc, "--shard", "5/2"),
-                    "--shard")
-    _one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
-                          "tpu"), "--device")
+    one_line_error(igcam("eval", "--cams", gt, "--gt", gt, "--thresholds", "a:b"),
+                   "--thresholds")
+    one_line_error(igcam("cam", "--run", tmp_path, "--voc", tiny_voc, "--shard", "5/2"),
+                   "--shard")
+    one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
+                         "tpu"), "--device")
 
 
 def test_parser_errors_are_one_line_too(tmp_path: Path) -> None:
     """Unknown options and values of the wrong type: the parser's message, on one line."""
-    _one_line_error(igcam("cam", "--run", tmp_path, "--box-top", "3"), "--box-top",
-                    "igcam cam --help")
-    _one_line_error(igcam("propose", "--run", tmp_path, "--top", "many"), "--top")
-    _one_line_error(igcam("refine"), "--run")  # a required option
-    _one_line_error(igcam("train-cls", "--run", tmp_path, "--batch-size", "0"), "--batch-size")
-    _one_line_error(igcam("frobnicate"), "frobnicate")
+    one_line_error(igcam("cam", "--run", tmp_path, "--box-top", "3"), "--box-top",
+                   "igcam cam --help")
+    one_line_error(igcam("propose", "--run", tmp_path, "--top", "many"), "--top")
+    one_line_error(igcam("refine"), "--run")  # a required option
+    one_line_error(igcam("train-cls", "--run", tmp_path, "--batch-size", "0"), "--batch-size")
+    one_line_error(igcam("frobnicate"), "frobnicate")
 
 
 def test_cuda_device_without_a_gpu_is_a_user_error(tiny_voc: Path, tmp_path: Path) -> None:
@@ -102,8 +105,8 @@ def test_cuda_device_without_a_gpu_is_a_user_error(tiny_voc: Path, tmp_path: Pat
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     for device in ("cuda", "cuda:1"):
-        _one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
-                              device), f"--device {device}", "no CUDA device")
+        one_line_error(igcam("train-cls", "--run", tmp_path, "--voc", tiny_voc, "--device",
+                             device), f"--device {device}", "no CUDA device")
 
 
 def _copy_voc(tiny_voc: Path, root: Path, split: str) -> Path:
@@ -121,8 +124,8 @@ def test_ids_that_are_paths_are_refused(bad_id: str, tiny_voc: Path, trained_run
     for step, run in (("train-cls", tmp_path / "run"), ("cam", trained_run),
                       ("propose", tmp_path / "run")):
         device = () if step == "propose" else ("--device", "cpu")
-        _one_line_error(igcam(step, "--run", run, "--voc", root, *device),
-                        "train.txt line 2", "not an image id")
+        one_line_error(igcam(step, "--run", run, "--voc", root, *device),
+                       "train.txt line 2", "not an image id")
     assert not list(tmp_path.rglob("escape.npz")) and not list(trained_run.parent.glob("*.npz"))
 
 
@@ -146,7 +149,7 @@ def test_huge_images_are_a_per_image_problem(photos: Path, tiny_voc: Path,
     result = _train(tmp_path / "run", photos, tiny_voc)
     assert result.returncode == 0, result.stderr
     assert "huge.png: image too large" in result.stderr and "Traceback" not in result.stderr
-    _one_line_error(_train(tmp_path / "strict", photos, tiny_voc, "--strict"), "huge.png")
+    one_line_error(_train(tmp_path / "strict", photos, tiny_voc, "--strict"), "huge.png")
 
 
 def test_corrupt_and_inconsistent_cam_files(tmp_path: Path) -> None:
@@ -171,8 +174,8 @@ def test_corrupt_and_inconsistent_cam_files(tmp_path: Path) -> None:
     masks = tmp_path / "run" / "refine-none"
     assert sorted(p.name for p in masks.glob("*.png")) == ["good.png"]
     assert "class ids [99]" in result.stderr
-    _one_line_error(igcam("refine", "--run", tmp_path / "strict", "--cams", cams, "--method",
-                          "none", "--strict"), ".npz")
+    one_line_error(igcam("refine", "--run", tmp_path / "strict", "--cams", cams, "--method",
+                         "none", "--strict"), ".npz")
 
 
 def test_corrupt_checkpoints_are_one_line_and_never_advise_unsafe_loading(
@@ -184,11 +187,11 @@ def test_corrupt_checkpoints_are_one_line_and_never_advise_unsafe_loading(
     folder.mkdir(parents=True)
     (folder / "classifier.pt").write_bytes(pickle.dumps({"model": object()}))
     result = igcam("cam", "--run", run, "--voc", tiny_voc, "--device", "cpu")
-    _one_line_error(result, "classifier.pt", "never unpickles code")
+    one_line_error(result, "classifier.pt", "never unpickles code")
     assert "weights_only=False" not in result.stderr
     (folder / "classifier.pt").unlink()
     (folder / "epoch-001.pt").write_bytes(b"truncated")
-    _one_line_error(_train_voc(run, tiny_voc, "--resume"), "epoch-001.pt", "corrupt or truncated")
+    one_line_error(_train_voc(run, tiny_voc, "--resume"), "epoch-001.pt", "corrupt or truncated")
 
 
 def _train_voc(run: Path, tiny_voc: Path, *extra: str):
@@ -206,13 +209,13 @@ def test_checkpoints_and_prototypes_with_the_wrong_contents(trained_run: Path, t
     (run / "train-cls").mkdir(parents=True)
     payload["model"] = {k: v[:1] for k, v in payload["model"].items()}  # wrong shapes
     torch.save(payload, run / "train-cls" / "classifier.pt")
-    _one_line_error(igcam("cam", "--run", run, "--voc", tiny_voc, "--device", "cpu"),
-                    "classifier.pt is damaged")
+    one_line_error(igcam("cam", "--run", run, "--voc", tiny_voc, "--device", "cpu"),
+                   "classifier.pt is damaged")
 
     other = tmp_path / "other"
     (other / "train-cls").mkdir(parents=True)
     torch.save({"model": {}}, other / "train-cls" / "epoch-001.pt")  # no optimizer, no epoch
-    _one_line_error(_train_voc(other, tiny_voc, "--resume"), "epoch-001.pt is damaged")
+    one_line_error(_train_voc(other, tiny_voc, "--resume"), "epoch-001.pt is damaged")
 
     from igcam_cli.artifacts import read_prototypes
     from igcam_cli.errors import IgcamError
@@ -228,5 +231,5 @@ def test_labels_file_ids_that_are_paths_are_refused(photos: Path, tiny_voc: Path
                                                     tmp_path: Path) -> None:
     with (photos.parent / "labels.csv").open("a") as labels:
         labels.write("../../escape.jpg,disc\n")
-    _one_line_error(_train(tmp_path / "run", photos, tiny_voc), "labels.csv line 9",
-                    "not an image id")
+    one_line_error(_train(tmp_path / "run", photos, tiny_voc), "labels.csv line 9",
+                   "not an image id")

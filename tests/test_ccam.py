@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import igcam
+from harness import igcam
 
 from igcam_cli.artifacts import read_cam
 from igcam_cli.methods.ccam import CcamOptions, class_conditional
@@ -106,15 +106,15 @@ def test_crops_make_the_weaker_object_the_peak_of_its_own_crop() -> None:
     torch.testing.assert_close(unchanged, cam)
 
 
-def test_ccam_method_through_the_cli(trained_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
-    common = ("--run", trained_run, "--voc", tiny_voc, "--scales", "1.0", "--no-flip",
+def test_ccam_method_through_the_cli(own_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    common = ("--run", own_run, "--voc", tiny_voc, "--scales", "1.0", "--no-flip",
               "--store-stride", "1",  # the maps as computed, to compare ccam with its base
               "--shard", "0/6", "--device", "cpu")  # 4 of the 24 images: ccam is costly
     plain = igcam("cam", *common, "--out", tmp_path / "cam")
     assert plain.returncode == 0, plain.stderr
     result = igcam("cam", *common, "--method", "ccam", "--ccam-rounds", "3")
     assert result.returncode == 0, result.stderr
-    files = sorted((trained_run / "cam-ccam").glob("*.npz"))
+    files = sorted((own_run / "cam-ccam").glob("*.npz"))
     assert len(files) == 4
     peaks = []
     for path in files:

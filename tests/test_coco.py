@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import igcam, one_line_error
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -15,7 +16,6 @@ from igcam_cli.datasets import VOC_CLASSES, DatasetSpec, class_names, dataset_fo
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_label_map, save_label_map
 from igcam_cli.runner import recipe_differences
-from tests.conftest import igcam
 
 SIDE = 64
 # Non-contiguous ids as in real COCO; giraffe is no VOC class, airplane is VOC's aeroplane.
@@ -204,6 +204,7 @@ def test_eval_scores_against_the_annotations(coco: Path, tmp_path: Path) -> None
     assert json.loads((tmp_path / "wrong.json").read_text())["report"]["miou"] < 0.5
 
 
+@pytest.mark.slow
 def test_run_on_coco_end_to_end(coco: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = igcam("run", "--run", run, "--coco", coco, "--epochs", "1", "--crop", "64",
@@ -223,22 +224,14 @@ def test_run_on_coco_end_to_end(coco: Path, tmp_path: Path) -> None:
     assert str(coco) in page and list((run / "report").glob("*.gt.jpg"))
 
 
-def _one_line_error(result, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_bad_inputs_are_one_line_errors(coco: Path, tmp_path: Path) -> None:
     def train(*data: str | Path):
         return igcam("train-cls", "--run", tmp_path / "run", *data, "--epochs", "1",
                      "--device", "cpu")
 
-    _one_line_error(train("--coco", tmp_path / "absent.json"), "absent.json not found")
-    _one_line_error(train("--coco", coco, "--voc", tmp_path), "give exactly one of")
-    _one_line_error(train("--coco", coco, "--coco-classes", "ade"), "--coco-classes")
+    one_line_error(train("--coco", tmp_path / "absent.json"), "absent.json not found")
+    one_line_error(train("--coco", coco, "--voc", tmp_path), "give exactly one of")
+    one_line_error(train("--coco", coco, "--coco-classes", "ade"), "--coco-classes")
 
 
 @pytest.mark.parametrize(("content", "message"), [

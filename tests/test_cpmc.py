@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import igcam
+from harness import igcam
 
 from igcam_cli.artifacts import read_cam
 from igcam_cli.methods.cpmc import CpmcOptions, affinity, cpmc, propagate
@@ -89,11 +89,11 @@ def test_affinity_spreads_within_alike_features_only() -> None:
     torch.testing.assert_close(propagate(seed, transition, 0), seed)
 
 
-def test_cpmc_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None:
-    result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--method", "cpmc",
+def test_cpmc_method_through_the_cli(own_run: Path, tiny_voc: Path) -> None:
+    result = igcam("cam", "--run", own_run, "--voc", tiny_voc, "--method", "cpmc",
                    "--scales", "1.0", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    files = sorted((trained_run / "cam-cpmc").glob("*.npz"))
+    files = sorted((own_run / "cam-cpmc").glob("*.npz"))
     assert len(files) == 24
     maps = [read_cam(f)["cams"] for f in files]
     assert all(m.shape[1:] == (64, 64) for m in maps)

@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import igcam
+import pytest
+from harness import igcam
 from PIL import Image
 
 
+@pytest.mark.slow
 def test_demo_masks_beat_all_background(tmp_path: Path) -> None:
     run = tmp_path / "demo"
     result = igcam("demo", "--run", run, "--images", "96", "--size", "128", "--epochs", "4",
-                   "--device", "cpu", timeout=900)
+                   "--device", "cpu")
     assert result.returncode == 0, result.stderr
     mask_report = json.loads((run / "eval" / "mask.json").read_text())["report"]
     seed_report = json.loads((run / "eval" / "seed.json").read_text())["report"]

@@ -18,22 +18,21 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import igcam
+from harness import PROCESS_ENV, TRAIN, igcam, igcam_process
 
 from igcam_cli import distributed
 from igcam_cli.artifacts import Shard, merge_shards, read_npz
 from igcam_cli.errors import IgcamError
 from igcam_cli.report.facts import read_run
 
-# torchrun's own parser takes any unambiguous prefix of its options, and --run is one of
-# --run-path: igcam's -r goes through to the step instead.
-TRAIN = ("--epochs", "2", "--crop", "64", "--batch-size", "8", "--loader-workers", "0",
-         "--device", "cpu")
-
 
 def torchrun(*args: str | Path, processes: int = 2) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone`` (a free port) running ``python -m igcam_cli ARGS``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::UserWarning"}
+    """``torchrun --standalone`` (a free port) running ``python -m igcam_cli ARGS``.
+
+    torchrun's own parser takes any unambiguous prefix of its options, and --run is one of
+    --run-path: the tests pass igcam's -r, which goes through to the step.
+    """
+    env = {**os.environ, **PROCESS_ENV, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", str(processes), "-m", "igcam_cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -51,6 +50,7 @@ def ddp_run(tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_ddp_training_writes_one_classifier_and_whole_epoch_metrics(ddp_run: Path) -> None:
     folder = ddp_run / "train-cls"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -65,6 +65,7 @@ def test_ddp_training_writes_one_classifier_and_whole_epoch_metrics(ddp_run: Pat
     assert len(epoch["rank_rngs"]) == 2 and not torch.equal(*epoch["rank_rngs"])
 
 
+@pytest.mark.slow
 def test_ddp_training_resumed_after_epoch_one_ends_with_the_same_weights(
         ddp_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
     """The run as a stop after epoch 1 leaves it: that epoch's checkpoint alone."""
@@ -79,6 +80,7 @@ def test_ddp_training_resumed_after_epoch_one_ends_with_the_same_weights(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_steps_and_weights_of_one_with_the_same_batch(
         tiny_voc: Path, tmp_path: Path) -> None:
     """Same global batch, same optimizer steps, same weights up to float rounding.
@@ -111,14 +113,16 @@ def test_two_processes_take_the_steps_and_weights_of_one_with_the_same_batch(
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-4) for k in a)
 
 
+@pytest.mark.slow
 def test_cam_under_torchrun_splits_the_images_and_merges_its_manifests(
         ddp_run: Path, tiny_voc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = ("--voc", tiny_voc, "--device", "cpu", "--scales", "1.0,0.5")
     single = tmp_path / "single"
     # Each torchrun process gets one OpenMP thread; the one-process run must too, since the
-    # CPU kernels' summation order (so the last bits of a CAM) follows the thread count.
+    # CPU kernels' summation order (so the last bits of a CAM) follows the thread count: a
+    # process of its own, started with that setting.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert igcam("cam", "-r", ddp_run, *args, "--out", single).returncode == 0
+    assert igcam_process("cam", "-r", ddp_run, *args, "--out", single).returncode == 0
     result = torchrun("cam", "-r", ddp_run, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     out = ddp_run / "cam"
@@ -149,6 +153,7 @@ def _error_lines(result: subprocess.CompletedProcess[str]) -> set[str]:
             if "error:" in line}
 
 
+@pytest.mark.slow
 def test_bad_inputs_under_torchrun_are_one_line_errors(ddp_run: Path, tiny_voc: Path,
                                                        tmp_path: Path) -> None:
     odd = _error_lines(torchrun("train-cls", "-r", tmp_path / "odd", "--voc", tiny_voc,

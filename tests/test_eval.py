@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import igcam
+from harness import igcam
 from PIL import Image
 
 from igcam_cli.artifacts import write_cam
@@ -129,6 +129,7 @@ def test_eval_data_defaults_the_split_name_only_for_a_dataset() -> None:
     assert EvalData.of(spec).spec() == spec
 
 
+@pytest.mark.slow
 def test_run_evaluates_through_the_dataset_format(tiny_voc: Path, tmp_path: Path) -> None:
     """``igcam run`` scores the split it trained on, even one only under ImageSets/Main."""
     root = tmp_path / "voc"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TRAIN, igcam
+from harness import TRAIN, igcam
 
 from igcam_cli.artifacts import read_cam, write_npz, write_torch
 from igcam_cli.backbones import build_backbone
@@ -131,6 +131,7 @@ def test_level_options_are_checked(tmp_path: Path) -> None:
         base_cams(model, (1.0,), True, LevelFusionOptions(attention="influence"), None)
 
 
+@pytest.mark.slow
 def test_cli_trains_an_fpn_classifier_and_fuses_its_levels(tiny_voc: Path,
                                                            tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -11,26 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzzing import (
-    FILE_CORRUPTIONS,
-    NPZ_CORRUPTIONS,
-    check_run,
-    corrupt_copy,
-    igcam,
-    snapshot,
-)
+from fuzzing import FILE_CORRUPTIONS, NPZ_CORRUPTIONS, check_run, corrupt_copy, snapshot
+from harness import igcam
 
 SEED = 0
-
-
-@pytest.fixture(scope="module")
-def clean_cams(trained_run: Path, tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory
-               ) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "cams"
-    result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--scales", "1.0",
-                   "--device", "cpu", "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 @pytest.mark.parametrize("step", ["train-cls", "propose", "cam", "influence"])
@@ -60,11 +44,11 @@ def test_steps_on_corrupted_images(step: str, trained_run: Path, tiny_voc: Path,
 
 
 @pytest.mark.parametrize("step", ["refine", "eval"])
-def test_steps_on_corrupted_cam_files(step: str, clean_cams: Path, tiny_voc: Path,
+def test_steps_on_corrupted_cam_files(step: str, cam_run: Path, tiny_voc: Path,
                                       tmp_path: Path) -> None:
     rng = np.random.default_rng((SEED, len(step)))
     cams = tmp_path / "cams"
-    done = corrupt_copy(clean_cams, cams, "*.npz", NPZ_CORRUPTIONS, rng, 8)
+    done = corrupt_copy(cam_run / "cam", cams, "*.npz", NPZ_CORRUPTIONS, rng, 8)
     run = tmp_path / "run"
     before = snapshot(tmp_path)
     if step == "refine":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import igcam
+from harness import igcam
 
 from igcam_cli.artifacts import read_cam
 from igcam_cli.methods.igcam import GuidanceOptions, box_means, instance_guided, spread
@@ -53,14 +53,14 @@ def test_box_evidence_covers_the_part_the_cam_missed() -> None:
     assert torch.isclose(fused.max(), torch.tensor(1.0))
 
 
-def test_igcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None:
-    assert igcam("propose", "--run", trained_run, "--voc", tiny_voc, "--mode", "single"
+def test_igcam_method_through_the_cli(own_run: Path, tiny_voc: Path) -> None:
+    assert igcam("propose", "--run", own_run, "--voc", tiny_voc, "--mode", "single"
                  ).returncode == 0
-    result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--method", "igcam",
+    result = igcam("cam", "--run", own_run, "--voc", tiny_voc, "--method", "igcam",
                    "--scales", "1.0", "--igcam-candidates", "10", "--igcam-crop-size", "32",
                    "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    files = sorted((trained_run / "cam-igcam").glob("*.npz"))
+    files = sorted((own_run / "cam-igcam").glob("*.npz"))
     assert len(files) == 24
     assert read_cam(files[0])["cams"].shape[1:] == (64, 64)
     # Renormalised: each class map peaks at 1, or is all zero where the two-epoch classifier

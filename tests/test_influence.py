@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import igcam
+from harness import igcam
 
 from igcam_cli import hessian
 from igcam_cli.artifacts import read_npz
@@ -136,10 +136,10 @@ def test_influence_predicts_leave_one_out_retraining(solver: str, with_bias: boo
 
 
 def test_influence_step_writes_scores_maps_and_reuses_its_solution(
-        trained_run: Path, tiny_voc: Path) -> None:
-    result = igcam("influence", "--run", trained_run, "--voc", tiny_voc, "--device", "cpu")
+        own_run: Path, tiny_voc: Path) -> None:
+    result = igcam("influence", "--run", own_run, "--voc", tiny_voc, "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    folder = trained_run / "influence"
+    folder = own_run / "influence"
     with (folder / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 24 and {r["role"] for r in rows} == {"fit", "held-out"}
@@ -151,10 +151,11 @@ def test_influence_step_writes_scores_maps_and_reuses_its_solution(
     assert data["maps"].min() >= 0 and np.isclose(data["maps"].max(), 1, atol=1e-3)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["complete"] and manifest["counts"]["processed"] == 24
-    again = igcam("influence", "--run", trained_run, "--voc", tiny_voc, "--device", "cpu")
+    again = igcam("influence", "--run", own_run, "--voc", tiny_voc, "--device", "cpu")
     assert again.returncode == 0 and "reusing" in again.stderr
 
 
+@pytest.mark.slow
 def test_network_influence_with_cg_runs_through_the_backbone(
         trained_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
     out = tmp_path / "influence-layer4"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import igcam
+from harness import igcam
 from PIL import Image
 
 from igcam_cli.artifacts import RunDir, read_cam
@@ -189,12 +189,12 @@ def test_classes_without_prototypes_keep_their_cam(tmp_path: Path) -> None:
     assert maps[0, :16].max() < 0.05
 
 
-def test_lpcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None:
-    args = ("cam", "--run", trained_run, "--voc", tiny_voc, "--method", "lpcam", "--scales",
+def test_lpcam_method_through_the_cli(own_run: Path, tiny_voc: Path) -> None:
+    args = ("cam", "--run", own_run, "--voc", tiny_voc, "--method", "lpcam", "--scales",
             "1.0", "--device", "cpu", "--lpcam-k", "4", "--lpcam-samples", "20")
     first = igcam(*args)
     assert first.returncode == 0, first.stderr
-    folder = trained_run / "prototypes"
+    folder = own_run / "prototypes"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["recipe"]["k"] == 4
     one_image = 2 * 4 * 4  # a 64-px image and its flip at stride 16
@@ -203,7 +203,7 @@ def test_lpcam_method_through_the_cli(trained_run: Path, tiny_voc: Path) -> None
     assert manifest["counts"]["features_seen"] > bound  # the sampling did bound the memory
     stored = torch.load(folder / "prototypes.pt", weights_only=True)
     assert len(stored["class_prototypes"]) == len(stored["class_ids"]) > 0
-    files = sorted((trained_run / "cam-lpcam").glob("*.npz"))
+    files = sorted((own_run / "cam-lpcam").glob("*.npz"))
     assert len(files) == 24
     maps = [read_cam(f)["cams"] for f in files]
     assert maps[0].shape[1:] == (64, 64)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import igcam
+from harness import PROCESS_ENV, igcam, igcam_command
 
 from igcam_cli.artifacts import TMP_PREFIX, StepRecord, read_cam, read_npz, write_npz
 from igcam_cli.datasets import Sample, load_dataset
@@ -206,20 +205,6 @@ def test_a_strict_failure_stops_the_threads_too(tmp_path: Path) -> None:
     _no_leftovers(out, baseline)
 
 
-def test_float16_on_the_device_rounds_as_numpy_does() -> None:
-    """cam converts its maps to float16 before copying them off the device; the files must
-    hold what numpy's conversion of the float32 maps gave."""
-    rng = np.random.default_rng(1)
-    values = np.concatenate([
-        rng.random(100_000, dtype=np.float32),
-        rng.random(10_000, dtype=np.float32) * 1e-4,  # float16 subnormals
-        np.float32([0, 1, 6.1035156e-05, 5.9604645e-08, 2.9802322e-08, 1 + 2 ** -11,
-                    1 + 3 * 2 ** -11, 65504, 65520, 1e-9])])  # ties, limits, underflow
-    with np.errstate(over="ignore"):  # 65520 rounds to infinity in both
-        expected = values.astype(np.float16)
-    assert np.array_equal(torch.from_numpy(values).to(torch.float16).numpy(), expected)
-
-
 def _cam_config(run: Path, data: Path, out: Path, **changes: object) -> CamConfig:
     config = CamConfig(run=run, out=out, scales=(1.0, 0.5), device="cpu")
     return replace(config, dataset=replace(config.dataset, voc=data), **changes)
@@ -266,16 +251,16 @@ def test_cam_shard_writes_only_its_images(trained_run: Path, tiny_voc: Path,
     assert (out / "manifest.shard-1-of-3.json").is_file()
 
 
-def test_worker_processes_write_what_the_threads_write(trained_run: Path, tiny_voc: Path,
+def test_worker_processes_write_what_the_threads_write(cam_run: Path, tiny_voc: Path,
                                                        tmp_path: Path) -> None:
     """``--workers 2`` ships the ImageWork's parts to spawned processes (propose, and refine
     for the refiners that hold no network): the files are those of the threaded runner."""
-    cams = cam(_cam_config(trained_run, tiny_voc, tmp_path / "cam"))
     written = {}
     for workers in (1, 2):
-        masks = refine(RefineConfig(run=trained_run, cams=cams, method="none", workers=workers,
-                                    out=tmp_path / f"refine-{workers}", save_scores=True))
-        config = ProposeConfig(run=trained_run, mode="single", workers=workers,
+        masks = refine(RefineConfig(run=cam_run, cams=cam_run / "cam", method="none",
+                                    workers=workers, out=tmp_path / f"refine-{workers}",
+                                    save_scores=True))
+        config = ProposeConfig(run=cam_run, mode="single", workers=workers,
                                out=tmp_path / f"propose-{workers}")
         boxes = propose(replace(config, dataset=replace(config.dataset, voc=tiny_voc)))
         written[workers] = {path.relative_to(tmp_path).as_posix().split("/", 1)[1]: path
@@ -290,6 +275,7 @@ def test_worker_processes_write_what_the_threads_write(trained_run: Path, tiny_v
             assert all(np.array_equal(a[key], b[key]) for key in a), name
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path: Path) -> None:
     """SIGINT in the middle of the overlapped runner: the process ends at once on its one line
     with status 130 (no thread keeps it alive), every file is whole, and a rerun finishes the
@@ -300,9 +286,9 @@ def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path:
     out = tmp_path / "cam"
     args = ("cam", "--run", trained_run, "--voc", data, "--scales", "1.0,2.0,3.0",
             "--device", "cpu", "--out", out)
-    process = subprocess.Popen([sys.executable, "-m", "igcam_cli", *map(str, args)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    process = subprocess.Popen(igcam_command(*args), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **PROCESS_ENV})
     deadline = time.monotonic() + 300
     while len(list(out.glob("*.npz"))) < 3:
         assert process.poll() is None, "cam finished before it could be interrupted"

@@ -7,27 +7,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import igcam
+from harness import PROCESS_ENV, igcam, igcam_command
 from PIL import Image
 
 from igcam_cli.artifacts import read_cam
 from igcam_cli.demo_data import make_demo_dataset
 
 
-@pytest.fixture(scope="module")
-def trained(trained_run: Path) -> Path:
-    return trained_run
-
-
-def test_train_cls_writes_checkpoint_metrics_and_manifest(trained: Path) -> None:
-    folder = trained / "train-cls"
+def test_train_cls_writes_checkpoint_metrics_and_manifest(trained_run: Path) -> None:
+    folder = trained_run / "train-cls"
     assert (folder / "classifier.pt").is_file()
     history = json.loads((folder / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
@@ -37,11 +31,11 @@ def test_train_cls_writes_checkpoint_metrics_and_manifest(trained: Path) -> None
     assert manifest["inputs"]["class_names"][0] == "disc"
 
 
-def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
-    result = igcam("cam", "--run", trained, "--voc", tiny_voc, "--scales", "1.0,0.5",
+def test_cam_refine_eval_chain(own_run: Path, tiny_voc: Path) -> None:
+    result = igcam("cam", "--run", own_run, "--voc", tiny_voc, "--scales", "1.0,0.5",
                    "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    files = sorted((trained / "cam").glob("*.npz"))
+    files = sorted((own_run / "cam").glob("*.npz"))
     assert len(files) == 24
     data = read_cam(files[0])
     mask = np.array(Image.open(tiny_voc / "SegmentationClass" / f"{files[0].stem}.png"))
@@ -56,27 +50,27 @@ def test_cam_refine_eval_chain(trained: Path, tiny_voc: Path) -> None:
     assert np.isclose(peaks, 1.0, atol=1e-3).any()
 
     for method in ("crf", "none"):
-        out = trained / f"refine-{method}"
-        result = igcam("refine", "--run", trained, "--out", out, "--method", method)
+        out = own_run / f"refine-{method}"
+        result = igcam("refine", "--run", own_run, "--out", out, "--method", method)
         assert result.returncode == 0, result.stderr
         png = Image.open(out / f"{files[0].stem}.png")
         assert png.mode == "P" and png.size == mask.shape[::-1]
         assert set(np.unique(np.array(png))) <= {0, *(c + 1 for c in expected)}
 
     gt = tiny_voc / "SegmentationClass"
-    report_file = trained / "eval" / "mask.json"
-    result = igcam("eval", "--pred", trained / "refine-crf", "--gt", gt,
+    report_file = own_run / "eval" / "mask.json"
+    result = igcam("eval", "--pred", own_run / "refine-crf", "--gt", gt,
                    "--classes", tiny_voc / "classes.txt", "--out", report_file)
     assert result.returncode == 0, result.stderr
     report = json.loads(report_file.read_text())["report"]
     assert 0 <= report["miou"] <= 1 and report["images"] == 24 and "mIoU" in result.stderr
-    result = igcam("eval", "--cams", trained / "cam", "--gt", gt, "--classes",
+    result = igcam("eval", "--cams", own_run / "cam", "--gt", gt, "--classes",
                    tiny_voc / "classes.txt", "--thresholds", "0.1:0.3:0.1")
     assert result.returncode == 0, result.stderr
     assert "best background threshold" in result.stderr
 
 
-def test_eval_counts_missing_predictions(trained: Path, tiny_voc: Path, tmp_path: Path) -> None:
+def test_eval_counts_missing_predictions(tiny_voc: Path, tmp_path: Path) -> None:
     pred = tmp_path / "pred"
     shutil.copytree(tiny_voc / "SegmentationClass", pred)
     split = tiny_voc / "ImageSets" / "Segmentation" / "train.txt"
@@ -91,14 +85,14 @@ def test_eval_counts_missing_predictions(trained: Path, tiny_voc: Path, tmp_path
     assert "count as all-wrong" in result.stderr
 
 
-def test_cam_on_bare_folder_predicts_classes(trained: Path, tiny_voc: Path,
+def test_cam_on_bare_folder_predicts_classes(trained_run: Path, tiny_voc: Path,
                                              tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("demo_0000.jpg", "demo_0001.jpg"):
         shutil.copy(tiny_voc / "JPEGImages" / name, folder / name)
     Image.open(folder / "demo_0000.jpg").convert("L").save(folder / "gray.png")
-    result = igcam("cam", "--run", trained, "--images", folder, "--classes",
+    result = igcam("cam", "--run", trained_run, "--images", folder, "--classes",
                    tiny_voc / "classes.txt", "--scales", "1.0", "--out", tmp_path / "cam",
                    "--score-threshold", "0.0")
     assert result.returncode == 0, result.stderr
@@ -107,10 +101,10 @@ def test_cam_on_bare_folder_predicts_classes(trained: Path, tiny_voc: Path,
     assert data["scores"].shape == (5,)
 
 
-def test_shards_split_the_work(trained: Path, tiny_voc: Path, tmp_path: Path) -> None:
+def test_shards_split_the_work(trained_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
     out = tmp_path / "cam"
     for shard in ("0/2", "1/2"):
-        result = igcam("cam", "--run", trained, "--voc", tiny_voc, "--scales", "1.0",
+        result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--scales", "1.0",
                        "--out", out, "--shard", shard)
         assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.npz"))) == 24
@@ -120,9 +114,9 @@ def test_shards_split_the_work(trained: Path, tiny_voc: Path, tmp_path: Path) ->
 
 
 def _start(*args: str | Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "igcam_cli", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    """``igcam ARGS`` as its own process, to be killed."""
+    return subprocess.Popen(igcam_command(*args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, **PROCESS_ENV})
 
 
 def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
@@ -135,14 +129,15 @@ def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
     process.wait()
 
 
-def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_killed_cam_resumes_to_the_same_result(trained_run: Path, tmp_path: Path) -> None:
     data = make_demo_dataset(tmp_path / "data", n_train=40, size=96, seed=5)
     args = ("--voc", data, "--scales", "1.0,2.0,3.0", "--device", "cpu")
     clean = tmp_path / "clean"
-    assert igcam("cam", "--run", trained, *args, "--out", clean).returncode == 0
+    assert igcam("cam", "--run", trained_run, *args, "--out", clean).returncode == 0
 
     out = tmp_path / "killed"
-    _kill_when(_start("cam", "--run", trained, *args, "--out", out),
+    _kill_when(_start("cam", "--run", trained_run, *args, "--out", out),
                lambda: len(list(out.glob("*.npz"))) >= 3)
     partial = sorted(out.glob("*.npz"))
     assert 3 <= len(partial) < 40
@@ -150,7 +145,7 @@ def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) ->
         read_cam(path)
     assert not (out / "manifest.json").exists()
 
-    result = igcam("cam", "--run", trained, *args, "--out", out)
+    result = igcam("cam", "--run", trained_run, *args, "--out", out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["skipped_done"] == len(partial)
@@ -163,6 +158,7 @@ def test_killed_cam_resumes_to_the_same_result(trained: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("workers", [("--loader-workers", "0"), ()], ids=["0-workers", "defaults"])
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(workers: tuple[str, ...], tiny_voc: Path,
                                                      tmp_path: Path) -> None:
     """With the default persistent loader workers too: every epoch's augmentations reach them."""
@@ -184,6 +180,7 @@ def test_killed_training_resumes_to_the_same_weights(workers: tuple[str, ...], t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_training_does_not_depend_on_the_loader_workers(tiny_voc: Path, tmp_path: Path) -> None:
     """Before, persistent workers repeated epoch 0's augmentations in every epoch."""
     runs = []
@@ -197,12 +194,13 @@ def test_training_does_not_depend_on_the_loader_workers(tiny_voc: Path, tmp_path
     assert all(torch.equal(runs[0]["model"][k], runs[1]["model"][k]) for k in runs[0]["model"])
 
 
-def test_outputs_made_with_other_options_are_refused_or_redone(trained: Path, tiny_voc: Path,
+def test_outputs_made_with_other_options_are_refused_or_redone(trained_run: Path,
+                                                               tiny_voc: Path,
                                                                tmp_path: Path) -> None:
     """Before, a re-run with other scales reported '0 written, 24 already done' and rewrote
     the manifest to claim the new options for files made with the old ones."""
     out = tmp_path / "cam"
-    args = ("cam", "--run", trained, "--voc", tiny_voc, "--device", "cpu", "--out", out)
+    args = ("cam", "--run", trained_run, "--voc", tiny_voc, "--device", "cpu", "--out", out)
     assert igcam(*args, "--scales", "1.0,0.5").returncode == 0
     refused = igcam(*args, "--scales", "1.0", "--no-flip")
     assert refused.returncode == 2, refused.stderr
@@ -216,17 +214,17 @@ def test_outputs_made_with_other_options_are_refused_or_redone(trained: Path, ti
     again = igcam(*args, "--scales", "1.0", "--no-flip", "--strict")  # same outputs: resumes
     assert again.returncode == 0 and "24 already done" in again.stderr, again.stderr
 
-    masks = ("refine", "--run", trained, "--cams", out, "--out", tmp_path / "masks", "--method",
-             "none")
+    masks = ("refine", "--run", trained_run, "--cams", out, "--out", tmp_path / "masks",
+             "--method", "none")
     assert igcam(*masks, "--threshold", "0.2").returncode == 0
     other = igcam(*masks, "--threshold", "0.3")
     assert other.returncode == 2 and "another threshold" in other.stderr, other.stderr
 
 
-def test_finished_training_with_other_options_is_refused(trained: Path, tiny_voc: Path) -> None:
+def test_finished_training_with_other_options_is_refused(own_run: Path, tiny_voc: Path) -> None:
     """Before, `--resume --epochs 3` on a finished 2-epoch run said 'exists, skipping'."""
-    common = ("train-cls", "--run", trained, "--voc", tiny_voc, "--crop", "64", "--batch-size",
-              "8", "--device", "cpu", "--resume")
+    common = ("train-cls", "--run", own_run, "--voc", tiny_voc, "--crop", "64",
+              "--batch-size", "8", "--device", "cpu", "--resume")
     refused = igcam(*common, "--epochs", "3")
     assert refused.returncode == 2 and "another epochs" in refused.stderr, refused.stderr
     same = igcam(*common, "--epochs", "2", "--loader-workers", "2")  # changes no weight
@@ -234,7 +232,7 @@ def test_finished_training_with_other_options_is_refused(trained: Path, tiny_voc
 
 
 def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
-        trained: Path, tmp_path: Path) -> None:
+        trained_run: Path, tmp_path: Path) -> None:
     """A 12000 x 12000 image was processed at full size: 7.5 GB, then an allocation failure.
     The same bound on small images: their maps come back at their own size, for the same
     classes, and refine makes masks of their size, also when its DenseCRF runs shrunk."""
@@ -242,7 +240,7 @@ def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
     runs = {}
     for side in ("0", "48"):
         out = tmp_path / f"cam-{side}"
-        result = igcam("cam", "--run", trained, "--voc", data, "--scales", "1.0", "--device",
+        result = igcam("cam", "--run", trained_run, "--voc", data, "--scales", "1.0", "--device",
                        "cpu", "--max-side", side, "--out", out)
         assert result.returncode == 0, result.stderr
         runs[side] = [read_cam(p) for p in sorted(out.glob("*.npz"))]
@@ -254,7 +252,7 @@ def test_images_over_max_side_are_processed_shrunk_with_maps_at_full_size(
         assert shrunk["classes"].tolist() == full["classes"].tolist()
     for side in ("2000", "48"):  # DenseCRF at full size, and on the images shrunk to 48 px
         masks = tmp_path / f"masks-{side}"
-        result = igcam("refine", "--run", trained, "--cams", tmp_path / "cam-48", "--out",
+        result = igcam("refine", "--run", trained_run, "--cams", tmp_path / "cam-48", "--out",
                        masks, "--max-side", side)
         assert result.returncode == 0, result.stderr
         files = sorted(masks.glob("*.png"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import igcam
+from harness import igcam
 from PIL import Image
 from torchvision.ops import box_iou
 

@@ -5,14 +5,13 @@ in the process that runs it."""
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
+from harness import igcam, one_line_error
 from typer.testing import CliRunner
 
 import igcam_cli.steps.run as run_step
@@ -111,17 +110,12 @@ class Batch(CamMethod):
 
 
 def test_a_colliding_part_is_a_clear_error_not_a_traceback(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(REFINERS, "max", Max)
     with pytest.raises(IgcamError, match="^igcam refine: option --max-side is declared by both "
                                          "igcam refine's own options and refiner 'max'"):
         cli.COMMANDS["refine"].parameters("refine")
-    monkeypatch.setattr(sys, "argv", ["igcam", "refine", "--help"])
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-    assert stop.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "--max-side is declared by both" in error[0]
+    one_line_error(igcam("refine", "--help"), "--max-side is declared by both")
 
     monkeypatch.setitem(METHODS, "batch", Batch)
     with pytest.raises(IgcamError, match="option --batch-size is declared by both igcam run's "
@@ -188,12 +182,9 @@ def test_run_parses_method_and_refiner_options(tmp_path: Path,
     as the options of the method and of the refiner, each under its own name."""
     got: list[run_step.RunConfig] = []
     monkeypatch.setattr(run_step, "run", got.append)
-    monkeypatch.setattr(cli, "app", typer.Typer())
-    cli.app.callback()(lambda: None)  # a group, so that the command keeps its name
-    cli.COMMANDS["run"].register("run")
-    result = CliRunner().invoke(cli.app, ["run", "--run", str(tmp_path), "--method", "lpcam",
-                                          "--lpcam-k", "4", "--refine", "crf",
-                                          "--crf-iters", "3"])
+    result = CliRunner().invoke(cli.build_app(["run"]), [
+        "run", "--run", str(tmp_path), "--method", "lpcam", "--lpcam-k", "4", "--refine", "crf",
+        "--crf-iters", "3"])
     assert result.exit_code == 0, result.output
     config = got[0]
     assert config.method == "lpcam" and config.method_options["lpcam"].k == 4

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import igcam
+from harness import copy_run, igcam, ok
 from PIL import Image
 
 import igcam_cli.report as report_module
@@ -77,17 +77,6 @@ class Page(HTMLParser):
         return self.rows[start], self.rows[start + 1:]
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def new_run(trained_run: Path, folder: Path) -> Path:
-    """A run directory holding a copy of the session's trained classifier."""
-    shutil.copytree(trained_run / "train-cls", folder / "train-cls")
-    return folder
-
-
 def stored(folder: Path) -> set[Path]:
     """The charts and pictures in a report's folder (all but its mark)."""
     return {p.resolve() for p in folder.iterdir() if p.name != report_module.MARKER}
@@ -98,10 +87,9 @@ def evaluated(run: Path, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scored_run(trained_run: Path, tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory
+def scored_run(cam_run: Path, tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Path:
-    run = new_run(trained_run, tmp_path_factory.mktemp("report") / "run")
-    ok(igcam("cam", "--run", run, "--voc", tiny_voc, "--scales", "1.0", "--device", "cpu"))
+    run = copy_run(cam_run, tmp_path_factory.mktemp("report") / "run", "train-cls", "cam")
     sharp = run / "cam-sharp"  # a second CAM folder: the same maps, cubed
     sharp.mkdir()
     for path in sorted((run / "cam").glob("*.npz")):
@@ -197,8 +185,8 @@ def test_pictures_are_the_worst_the_median_and_the_best(scored_run: Path,
 
 
 def test_without_ground_truth_the_report_has_pictures_but_no_scores(
-        trained_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
-    run = new_run(trained_run, tmp_path / "run")
+        own_run: Path, tiny_voc: Path) -> None:
+    run = own_run
     ok(igcam("cam", "--run", run, "--images", tiny_voc / "JPEGImages", "--classes",
              tiny_voc / "classes.txt", "--scales", "1.0", "--device", "cpu"))
     ok(igcam("refine", "--run", run, "--method", "none", "--out", run / "refine"))
@@ -246,9 +234,9 @@ def test_a_folder_scored_twice_shows_its_fullest_evaluation_and_lists_the_other(
                       f"{100 * subset['miou']:.1f} on 5 images")
 
 
-def test_a_run_with_only_a_classifier_reports_its_training(trained_run: Path,
+def test_a_run_with_only_a_classifier_reports_its_training(own_run: Path,
                                                            tmp_path: Path) -> None:
-    run = new_run(trained_run, tmp_path / "run")
+    run = own_run
     (run / "train-aff").mkdir()  # a stage still training: epochs so far, no manifest, no mAP
     (run / "train-aff" / "metrics.json").write_text(json.dumps(
         [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]))

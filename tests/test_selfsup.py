@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import TRAIN, igcam
+from harness import TRAIN, igcam
 
 from igcam_cli.artifacts import read_cam, sha256_file
 from igcam_cli.backbones import build_backbone
@@ -87,15 +88,16 @@ def test_support_net_stays_frozen_while_the_main_net_learns() -> None:
     assert any(not torch.equal(learnt[k], v) for k, v in support.backbone.state_dict().items())
 
 
-def test_selfsup_stage_writes_a_classifier_cam_can_use(trained_run: Path, tiny_voc: Path,
+@pytest.mark.slow
+def test_selfsup_stage_writes_a_classifier_cam_can_use(own_run: Path, tiny_voc: Path,
                                                         tmp_path: Path) -> None:
-    stage1 = trained_run / "train-cls" / "classifier.pt"
+    stage1 = own_run / "train-cls" / "classifier.pt"
     before = sha256_file(stage1)
     assert TRAIN[:2] == ("--epochs", "2")
-    result = igcam("train-cls", "--run", trained_run, "--voc", tiny_voc, *TRAIN[2:],
+    result = igcam("train-cls", "--run", own_run, "--voc", tiny_voc, *TRAIN[2:],
                    "--epochs", "1", "--stage", "self-sup", "--mam-scales", "0.5,1.0")
     assert result.returncode == 0, result.stderr
-    folder = trained_run / "train-cls-selfsup"
+    folder = own_run / "train-cls-selfsup"
     checkpoint = folder / "classifier.pt"
     assert checkpoint.is_file() and sha256_file(stage1) == before
     assert (folder / "epoch-001.pt").is_file()
@@ -106,7 +108,7 @@ def test_selfsup_stage_writes_a_classifier_cam_can_use(trained_run: Path, tiny_v
     start = torch.load(stage1, weights_only=True)["model"]
     assert not torch.equal(trained["classifier.weight"], start["classifier.weight"])
     out = tmp_path / "cam-selfsup"
-    result = igcam("cam", "--run", trained_run, "--voc", tiny_voc, "--checkpoint", checkpoint,
+    result = igcam("cam", "--run", own_run, "--voc", tiny_voc, "--checkpoint", checkpoint,
                    "--out", out, "--scales", "1.0", "--no-flip", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     files = sorted(out.glob("*.npz"))

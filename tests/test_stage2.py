@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import TRAIN, igcam
+from harness import TRAIN, igcam
 
 from igcam_cli.artifacts import sha256_file
 from igcam_cli.datasets import Sample
@@ -36,17 +37,17 @@ def test_boundary_loss_prefers_maps_that_stop_at_image_edges() -> None:
         image, crossing, target, 10.0)
 
 
-def test_stage2_fine_tunes_into_its_own_folder(trained_run: Path, tiny_voc: Path) -> None:
-    if not (trained_run / "influence" / "scores.csv").is_file():
-        assert igcam("influence", "--run", trained_run, "--voc", tiny_voc, "--no-maps",
-                     "--device", "cpu").returncode == 0
-    stage1 = trained_run / "train-cls" / "classifier.pt"
+@pytest.mark.slow
+def test_stage2_fine_tunes_into_its_own_folder(own_run: Path, tiny_voc: Path) -> None:
+    assert igcam("influence", "--run", own_run, "--voc", tiny_voc, "--no-maps",
+                 "--device", "cpu").returncode == 0
+    stage1 = own_run / "train-cls" / "classifier.pt"
     before = sha256_file(stage1)
     assert TRAIN[:2] == ("--epochs", "2")
-    result = igcam("train-cls", "--run", trained_run, "--voc", tiny_voc, *TRAIN[2:],
-                   "--epochs", "1", "--stage", "2", "--influence", trained_run / "influence")
+    result = igcam("train-cls", "--run", own_run, "--voc", tiny_voc, *TRAIN[2:],
+                   "--epochs", "1", "--stage", "2", "--influence", own_run / "influence")
     assert result.returncode == 0, result.stderr
-    folder = trained_run / "train-cls-stage2"
+    folder = own_run / "train-cls-stage2"
     assert (folder / "classifier.pt").is_file() and sha256_file(stage1) == before
     manifest = json.loads((folder / "manifest.json").read_text())
     weights = manifest["sample_weights"]
