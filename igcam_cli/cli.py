@@ -1,6 +1,6 @@
 """The ``igcam`` command line, generated from the steps' config dataclasses.
 
-Each subcommand is one step's config class and function (:data:`COMMANDS`): its options are
+Each subcommand is one step of :data:`igcam_cli.steps.STEPS`: its options are
 the config's :func:`igcam_cli.options.option` fields (help, bounds and default written once,
 there); ``igcam cam`` adds every registered CAM method's options (``--<method>-<field>``),
 ``igcam refine`` every refiner's, ``igcam run`` both, and ``igcam train-cls`` every training
@@ -18,7 +18,7 @@ import inspect
 import sys
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -29,6 +29,7 @@ from igcam_cli import __version__
 from igcam_cli.errors import IgcamError, console
 from igcam_cli.options import comma_list
 from igcam_cli.registry import Registry
+from igcam_cli.steps import STEPS, Step
 
 LISTS = {tuple[float, ...]: float, tuple[str, ...]: str}  # shown as comma-separated text
 
@@ -121,12 +122,6 @@ class RegistryOptions:
             for name, part in registry.items()}})
 
 
-METHOD_OPTIONS = RegistryOptions("igcam_cli.methods", "METHODS", "method_options")
-REFINER_OPTIONS = RegistryOptions("igcam_cli.refiners", "REFINERS", "method_options")
-# `igcam run` takes both: its --method is the CAM method, its --refine the refiner chain.
-RUN_REFINER_OPTIONS = RegistryOptions("igcam_cli.refiners", "REFINERS", "refiner_options")
-STAGE_OPTIONS = RegistryOptions("igcam_cli.training", "STAGES", "stage_options")
-
 
 def _names(param: inspect.Parameter) -> list[str]:
     """Every name a parameter answers to: its option strings (``--x``, ``--no-x``, ``-x``)
@@ -154,28 +149,30 @@ def _unique_parameters(command: str, owned: list[tuple[str, list[inspect.Paramet
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: its help, and where its step's config class and function live."""
+    """One subcommand: a step of :data:`igcam_cli.steps.STEPS` and the part options it takes."""
 
-    help: str
-    step: str  # "module:Config:function"
-    registries: tuple[RegistryOptions, ...] = ()  # the parts whose options it also takes
+    step: Step
 
-    def imported(self) -> tuple[type, Callable[[Any], Any]]:
-        """The step's config class and function."""
-        module, config_name, function = self.step.split(":")
-        imported = importlib.import_module(module)
-        return getattr(imported, config_name), getattr(imported, function)
+    @property
+    def help(self) -> str:
+        return self.step.help
+
+    @property
+    def registries(self) -> tuple[RegistryOptions, ...]:
+        """The parts whose options the command also takes."""
+        return tuple(RegistryOptions(*registry.split(":"), into)
+                     for registry, into in self.step.parts)
 
     def parameters(self, name: str) -> list[inspect.Parameter]:
         """Every option of ``igcam NAME``: the config's, then each registry's parts', checked
         for names declared twice."""
-        config, _ = self.imported()
+        config, _ = self.step.load()
         return _unique_parameters(name, [(f"igcam {name}'s own options", _parameters(config)),
                                         *(o for r in self.registries for o in r.owned())])
 
     def register(self, app: typer.Typer, name: str) -> None:
         """Add ``igcam NAME`` to ``app``: parse the config's options, call the step."""
-        config, step = self.imported()
+        config, step = self.step.load()
         registries = self.registries
 
         def run_step(**values: Any) -> None:
@@ -188,36 +185,21 @@ class Command:
         app.command(name, help=self.help)(run_step)
 
 
-COMMANDS = {
-    "train-cls": Command("Train the multi-label classifier that CAMs are read from.",
-                         "igcam_cli.steps.train_cls:TrainConfig:train_cls", (STAGE_OPTIONS,)),
-    "propose": Command("Object proposals per image by Selective Search: .npz boxes in original "
-                       "pixels.", "igcam_cli.steps.propose:ProposeConfig:propose"),
-    "influence": Command("Influence of every training image on a held-out loss, and spatial "
-                         "influence maps.", "igcam_cli.steps.influence:InfluenceConfig:influence"),
-    "cam": Command("Multi-scale CAMs per image, saved as compressed .npz (class ids + float16 "
-                   "maps). Options named --METHOD-... belong to that --method.",
-                   "igcam_cli.steps.cam:CamConfig:cam", (METHOD_OPTIONS,)),
-    "train-aff": Command("Learn inter-pixel affinities (a class-boundary map) from the CAMs, "
-                         "for `refine --method rw`.",
-                         "igcam_cli.steps.train_aff:AffinityConfig:train_aff"),
-    "refine": Command("CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 "
-                      "uncertain). Options named --METHOD-... belong to that --method.",
-                      "igcam_cli.steps.refine:RefineConfig:refine", (REFINER_OPTIONS,)),
-    "eval": Command("mIoU, per-class IoU, precision and recall over background + C classes (GT "
-                    "255 ignored).", "igcam_cli.steps.eval:EvalConfig:evaluate"),
-    "report": Command("One HTML page about a run: settings, training curve, steps, every "
-                      "method's scores, charts and pictures (opens from disk).",
-                      "igcam_cli.steps.report:ReportConfig:report"),
-    "merge-shards": Command("One manifest.json for a folder (or every folder of a run) that "
-                            "--shard I/N processes or torchrun filled; names missing shards.",
-                            "igcam_cli.steps.merge_shards:MergeConfig:merge_shards"),
-    "run": Command("Every step in order in one run directory, skipping what is already done. "
-                   "Options named --METHOD-... belong to that CAM --method or --refine refiner.",
-                   "igcam_cli.steps.run:RunConfig:run", (METHOD_OPTIONS, RUN_REFINER_OPTIONS)),
-    "demo": Command("Generate a small shapes dataset and run the whole pipeline on it (a few "
-                    "CPU minutes).", "igcam_cli.steps.demo:DemoConfig:demo"),
-}
+class _Commands(Mapping[str, Command]):
+    """The subcommands, one per entry of :data:`igcam_cli.steps.STEPS`, read when asked (so a
+    step added to it, even by a test, is a command)."""
+
+    def __getitem__(self, name: str) -> Command:
+        return Command(STEPS[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STEPS)
+
+    def __len__(self) -> int:
+        return len(STEPS)
+
+
+COMMANDS = _Commands()
 
 
 def _version(value: bool) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from igcam_cli.artifacts import RunDir, write_proposals
 from igcam_cli.backbones import build_backbone
-from igcam_cli.cli import COMMANDS, METHOD_OPTIONS, REFINER_OPTIONS
+from igcam_cli.cli import COMMANDS
 from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.errors import IgcamError
@@ -83,7 +83,7 @@ def test_method_contract(context: MethodContext, spec: str) -> None:
 
 
 def test_every_method_has_options_on_the_command_line_and_a_summary() -> None:
-    cli = {p.name for p in METHOD_OPTIONS.parameters()}
+    cli = {p.name for p in COMMANDS["cam"].registries[0].parameters()}
     for name, method in METHODS.items():
         assert method.name == name and method.__doc__
         assert name + ": " in method_help()
@@ -130,7 +130,7 @@ def test_the_architecture_example_is_a_whole_method(context: MethodContext,
     options = module.Sharpen.Options(power=3.0)
     cubed = Chain(["sharpen"], context, {"sharpen": options})(sample, image, cams, classes)
     torch.testing.assert_close(cubed, normalise(cams ** 3))
-    assert "sharpen_power" in {p.name for p in METHOD_OPTIONS.parameters()}
+    assert "sharpen_power" in {p.name for p in COMMANDS["cam"].registries[0].parameters()}
     COMMANDS["cam"].parameters("cam")  # no option of cam's declared twice
 
 
@@ -155,5 +155,5 @@ def test_the_architecture_example_refiner_is_set_up_once_by_its_chain(
     assert len(set_up) == 1
     assert smoothed[0, 16, 16] > 0.99 and smoothed[0, 2, 28] < 0.5  # the peak faded
     assert chain(replace(maps, cams=cams[:0], classes=np.array([], int))).labels.shape == (32, 32)
-    assert "smooth_sigma" in {p.name for p in REFINER_OPTIONS.parameters()}
+    assert "smooth_sigma" in {p.name for p in COMMANDS["refine"].registries[0].parameters()}
     COMMANDS["refine"].parameters("refine")  # no option of refine's declared twice

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from igcam_cli.cli import STAGE_OPTIONS, _build, _parameters
+from igcam_cli.cli import COMMANDS, _build, _parameters
 from igcam_cli.errors import IgcamError
 from igcam_cli.options import REQUIRED, check, nested, option
 from igcam_cli.training import STAGES
@@ -60,7 +60,7 @@ def test_check_names_the_option_and_its_bounds(changes: dict, message: str) -> N
 
 
 def test_every_training_stage_option_is_a_train_cls_option() -> None:
-    names = {p.name for p in STAGE_OPTIONS.parameters()}
+    names = {p.name for p in COMMANDS["train-cls"].registries[0].parameters()}
     for stage in STAGES.values():
         fields = [f.name for f in dataclasses.fields(stage.Options) if "help" in f.metadata]
         assert all(name in names for name in fields), stage.name

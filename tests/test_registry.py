@@ -5,18 +5,21 @@ in the process that runs it."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import igcam, one_line_error
+from harness import igcam, ok, one_line_error
+from PIL import Image
 from typer.testing import CliRunner
 
 import igcam_cli.steps.run as run_step
+import igcam_cli.steps.train_aff as train_aff_step
 from igcam_cli import cli
-from igcam_cli.artifacts import write_cam
+from igcam_cli.artifacts import PLAIN_CAM, RunDir, read_json, write_cam, write_json
 from igcam_cli.backbones import BACKBONES
 from igcam_cli.datasets import FORMATS
 from igcam_cli.errors import IgcamError
@@ -24,6 +27,7 @@ from igcam_cli.methods import METHODS, CamMethod
 from igcam_cli.options import option
 from igcam_cli.refiners import REFINERS, Maps, Refiner, required_steps
 from igcam_cli.registry import Registry
+from igcam_cli.steps import STEPS, Step
 from igcam_cli.steps.refine import RefineConfig, refine
 from igcam_cli.training import STAGES
 
@@ -76,8 +80,8 @@ def _names(command: str) -> set[str]:
 
 def test_run_takes_every_option_that_cam_and_refine_take() -> None:
     run = _names("run")
-    assert {p.name for p in cli.METHOD_OPTIONS.parameters()} <= run
-    assert {p.name for p in cli.REFINER_OPTIONS.parameters()} <= run
+    for command in ("cam", "refine"):  # the options of their methods and of their refiners
+        assert {p.name for r in cli.COMMANDS[command].registries for p in r.parameters()} <= run
     assert {"lpcam_k", "crf_iters", "rw_steps", "method", "refine"} <= run
 
 
@@ -201,8 +205,7 @@ def test_run_gives_cam_and_refine_their_options_and_runs_what_the_refiners_need_
 
     monkeypatch.setattr(run_step, "train_cls", step("train-cls"))
     monkeypatch.setattr(run_step, "cam", step("cam", tmp_path / "cam-lpcam"))
-    monkeypatch.setitem(run_step.PREREQUISITES, "train-aff",
-                        (run_step.AffinityConfig, step("train-aff")))
+    monkeypatch.setattr(train_aff_step, "train_aff", step("train-aff"))  # found through STEPS
     monkeypatch.setattr(run_step, "refine", step("refine", tmp_path / "masks"))
     monkeypatch.setattr(run_step, "write_overlays", lambda *args: [])
     monkeypatch.setattr(run_step, "report", step("report"))
@@ -214,9 +217,83 @@ def test_run_gives_cam_and_refine_their_options_and_runs_what_the_refiners_need_
     assert names == ["train-cls", "cam", "train-aff", "refine", "report"]
     configs = dict(steps)
     assert configs["cam"].method_options == methods
+    assert isinstance(configs["train-aff"], train_aff_step.AffinityConfig)
     assert configs["train-aff"].cams == tmp_path / "cam-lpcam"
     assert configs["refine"].method == "rw+crf" and configs["refine"].method_options == refiners
 
     steps.clear()  # a chain without rw needs no train-aff
     run_step.run(run_step.RunConfig(run=tmp_path, method="lpcam", refine="par+crf"))
     assert "train-aff" not in [name for name, _ in steps]
+
+
+# The checklist's refiner that needs a training step, as ARCHITECTURE.md says to add one: the
+# refiner and its registry entry, the step and its STEPS entry; nothing in run or cli names it.
+@dataclass(frozen=True)
+class FitLevelConfig:
+    """The fields `igcam run` passes to a step a refiner needs."""
+
+    run: Path = option(Path("."), "Run directory.")
+    cams: Path | None = option(None, "CAM folder (default RUN/cam).")
+    device: str = option("cpu", "Device.")
+    workers: int = option(1, "Worker processes.", min=1)
+    strict: bool = option(False, "Stop at the first bad image.")
+    resume: bool = option(False, "Continue a stopped fit.")
+    level: float = option(0.5, "The level the step 'learns'.", above=0)
+
+
+def fit_level(config: FitLevelConfig) -> Path:
+    """Write the level that the refiner reads back: the step's trained artifact."""
+    out = RunDir(config.run).step("fit-level")
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(out / "level.json", {"level": config.level})
+
+
+class Level(Refiner):
+    """Scores divided by the level that `igcam fit-level` wrote."""
+
+    name = "level"
+    needs = ("fit-level",)
+
+    def setup(self) -> None:
+        fitted = self.context.run.step("fit-level") / "level.json"
+        self.level = read_json(fitted, "the fitted level", "run `igcam fit-level` first")["level"]
+
+    def __call__(self, maps: Maps) -> Maps:
+        return replace(maps, cams=maps.cams / self.level)
+
+
+def test_a_refiner_that_needs_a_training_step_is_its_file_its_step_and_two_entries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REFINERS, "level", Level)
+    monkeypatch.setitem(STEPS, "fit-level", Step(f"{__name__}:FitLevelConfig:fit_level",
+                                                 "Fit the level of `refine --method level`."))
+    assert "fit-level" in ok(igcam("--help")).stdout  # the entry is also the command
+    run = tmp_path / "run"
+    cams = RunDir(run).cam(PLAIN_CAM)
+    cams.mkdir(parents=True)
+    maps = np.zeros((1, 8, 8), np.float16)
+    maps[0, :, :4] = 0.3  # under the threshold 0.4 as it is, over it once divided by 0.5
+    write_cam(cams / "a.npz", np.array([0]), maps, np.array([0.9]), tmp_path / "a.png")
+    one_line_error(igcam("refine", "--run", run, "--method", "level", "--threshold", 0.4),
+                   "the fitted level")  # set-up fails before any image without the step
+    ok(igcam("fit-level", "--run", run, "--level", 0.5))
+    ok(igcam("refine", "--run", run, "--method", "level", "--threshold", 0.4, "--workers", 1))
+    labels = np.asarray(Image.open(RunDir(run).refine("level") / "a.png"))
+    assert (labels[:, :4] == 1).all() and (labels[:, 4:] == 0).all()
+
+    ran: list[str] = []
+
+    def stand_in(name: str, returns: Path | None = None):  # noqa: ANN202 - a stand-in step
+        return lambda config: ran.append(name) or returns
+
+    monkeypatch.setattr(run_step, "train_cls", stand_in("train-cls"))
+    monkeypatch.setattr(run_step, "cam", stand_in("cam", cams))
+    monkeypatch.setattr(run_step, "refine", stand_in("refine", tmp_path / "masks"))
+    monkeypatch.setattr(run_step, "write_overlays", lambda *args: [])
+    monkeypatch.setattr(run_step, "report", stand_in("report"))
+    fit = fit_level
+    monkeypatch.setattr(sys.modules[__name__], "fit_level",
+                        lambda config: ran.append("fit-level") or fit(config))
+    run_step.run(run_step.RunConfig(run=tmp_path / "run2", refine="level+crf"))
+    assert ran == ["train-cls", "cam", "fit-level", "refine", "report"]
+    assert (RunDir(tmp_path / "run2").step("fit-level") / "level.json").is_file()

@@ -60,7 +60,7 @@ from igcam_cli.artifacts.layout import (
     SCORES_FILE,
     SHARD_MANIFEST,
     SOLUTION_FILE,
-    STEP_DIRS,
+    STEP_NAME,
     RunDir,
 )
 from igcam_cli.artifacts.manifests import (
@@ -85,7 +85,7 @@ __all__ = [
     "AFFINITY_FILE", "CLASSIFIER_FILE", "DEFAULT_REFINER", "FILE_MODE", "MANIFEST_FILE",
     "MAPS_DIR", "METRICS_FILE", "NO_OUTPUT_EFFECT", "PLAIN_CAM", "PROTOTYPES_FILE",
     "REPORT_FILE", "SCORES_FILE", "SHARD_MANIFEST", "SOLUTION_FILE", "STALE_ELSEWHERE_S",
-    "STEP_DIRS", "TMP_PREFIX", "MadeBy", "RunDir", "Shard", "StepRecord", "atomic_write",
+    "STEP_NAME", "TMP_PREFIX", "MadeBy", "RunDir", "Shard", "StepRecord", "atomic_write",
     "enlarge", "ensure_dir", "finished_manifests", "fingerprint", "influence_maps", "jsonable",
     "made_by", "merge_finished_shards", "merge_shards", "option_defaults", "package_versions",
     "ran_in", "read_cam", "read_checkpoint", "read_influence_map", "read_json", "read_manifest",

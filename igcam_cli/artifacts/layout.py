@@ -15,9 +15,9 @@ from pathlib import Path
 
 from igcam_cli.errors import IgcamError
 
-# The step folders of a run directory, named after the CLI subcommands that write them.
-STEP_DIRS = ("train-cls", "propose", "influence", "prototypes", "cam", "train-aff",
-             "refine", "eval", "vis")
+# A step's folder is named after the CLI subcommand that writes it (``prototypes`` and ``vis``
+# are written by cam and run): lowercase words joined by "-".
+STEP_NAME = re.compile(r"[a-z]+(-[a-z]+)*")
 PLAIN_CAM = "cam"  # the method name of the plain CAM, whose maps go to RUN/cam
 DEFAULT_REFINER = "crf"  # refine's and run's refiner chain, whose masks go to RUN/refine
 CLASSIFIER_FILE = "classifier.pt"  # RUN/train-cls*/: the final checkpoint
@@ -55,8 +55,8 @@ class RunDir:
     root: Path
 
     def step(self, name: str) -> Path:
-        if name not in STEP_DIRS:
-            raise ValueError(f"unknown step folder {name!r}")
+        if not STEP_NAME.fullmatch(name):
+            raise ValueError(f"not a step folder name: {name!r}")
         return self.root / name
 
     def train_cls(self, stage: str | None = None) -> Path:

@@ -19,7 +19,6 @@ where it stopped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ from igcam_cli.methods import cams_threshold, measured_threshold
 from igcam_cli.options import option
 from igcam_cli.refiners import REFINERS, parse_refiners, required_steps
 from igcam_cli.runner import DataStepConfig, console
+from igcam_cli.steps import STEPS
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 from igcam_cli.steps.refine import RefineConfig, refine
 from igcam_cli.steps.report import ReportConfig, report
-from igcam_cli.steps.train_aff import AffinityConfig, train_aff
 from igcam_cli.steps.train_cls import DEFAULT_BATCH_SIZE, DEFAULT_CROP, TrainConfig, train_cls
 from igcam_cli.vis import write_overlays
 
@@ -80,14 +79,6 @@ class RunConfig(DataStepConfig):
     refiner_options: dict[str, Any] = field(default_factory=dict)
 
 
-# The steps a refiner may need first (its ``needs``) and how run makes their config: the run's
-# own settings, the CAM folder to learn from (None: the plain CAM's) and resume, as a rerun of
-# run continues them. A step named here takes those fields.
-PREREQUISITES: dict[str, tuple[type, Callable[[Any], Any]]] = {
-    "train-aff": (AffinityConfig, train_aff),
-}
-
-
 def run(config: RunConfig) -> dict[str, dict]:
     """Run the pipeline; returns the eval reports by name (empty without ground truth)."""
     train_cls(TrainConfig(
@@ -120,8 +111,10 @@ def run(config: RunConfig) -> dict[str, dict]:
     # recipes match those of the same steps run by hand (and of runs made before --method).
     given = None if config.method == PLAIN_CAM else cams
     names = parse_refiners(config.refine)
+    # A step a refiner needs takes the run's own settings, the CAM folder to learn from (None:
+    # the plain CAM's) and resume, as a rerun of run continues it.
     for needed in required_steps(names):
-        make, step = PREREQUISITES[needed]
+        make, step = STEPS[needed].load()
         step(make(run=config.run, cams=given, device=config.device, workers=config.workers,
                   strict=config.strict, resume=True))
     walks = names[:next((i for i, n in enumerate(names) if REFINERS[n].sets_labels), len(names))]
