@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from igcam_cli.artifacts import ensure_dir, read_cam, write_image
+from igcam_cli.artifacts import RunDir, ensure_dir, read_cam, write_image
 from igcam_cli.datasets import GroundTruth
 from igcam_cli.errors import ImageProblem
 from igcam_cli.images import IGNORE, read_image, read_label_map, voc_palette
@@ -57,10 +57,10 @@ def write_overlays(cams: Path, masks: Path | None, gt: GroundTruth | None, out: 
     """Overlays for the first ``limit`` CAM files (sorted by id); returns the written files."""
     ensure_dir(out)
     written = []
-    for cam_file in sorted(cams.glob("*.npz"))[:limit]:
+    for cam_file in RunDir.image_files(cams)[:limit]:
         image_id = cam_file.stem
         truth = gt.read(image_id) if gt is not None and gt.has(image_id) else None
-        picture = overlay(cam_file, masks / f"{image_id}.png" if masks else None, truth)
+        picture = overlay(cam_file, RunDir.image_mask(masks, image_id) if masks else None, truth)
         written.append(write_image(out / f"{image_id}.jpg", Image.fromarray(picture),
                                    quality=90))
     return written

@@ -28,6 +28,8 @@ SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influ
 SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
 MAPS_DIR = "maps"  # RUN/influence/maps/<id>.npz: spatial influence maps
 AFFINITY_FILE = "affinity.pt"  # RUN/train-aff/: the boundary network rw walks with
+MAPS_SUFFIX = ".npz"  # <folder>/<image id>.npz: one image's arrays (CAMs, proposals, ...)
+MASK_SUFFIX = ".png"  # <folder>/<image id>.png: one image's label map (masks, targets)
 LABELS_DIR = "labels"  # RUN/train-aff/labels/<id>.png: the affinity targets
 REFINED_SCORES_DIR = "scores"  # RUN/refine*/scores/<id>.npz: refine --save-scores
 DEMO_DATA_DIR = "data"  # RUN/data/: igcam demo's generated dataset
@@ -156,6 +158,29 @@ class RunDir:
     @staticmethod
     def influence_maps(folder: Path) -> Path:
         return folder / MAPS_DIR
+
+    @staticmethod
+    def image_maps(folder: Path, image_id: str) -> Path:
+        """One image's arrays in a per-image folder: CAMs, proposals, influence maps, scores."""
+        return folder / f"{image_id}{MAPS_SUFFIX}"
+
+    @staticmethod
+    def image_mask(folder: Path, image_id: str) -> Path:
+        """One image's label map in a per-image folder: masks, affinity targets."""
+        return folder / f"{image_id}{MASK_SUFFIX}"
+
+    @staticmethod
+    def image_file(folder: Path, image_id: str, kind: str) -> Path:
+        """One image's file in a folder of ``kind`` (:meth:`kind`): ``cams`` hold arrays,
+        ``masks`` label maps."""
+        return (RunDir.image_maps if kind == "cams" else RunDir.image_mask)(folder, image_id)
+
+    @staticmethod
+    def image_files(folder: Path, kind: str = "cams") -> list[Path]:
+        """Every image's file in a per-image folder of ``kind`` (none for a folder that is
+        missing), in the order of their image ids."""
+        suffix = MAPS_SUFFIX if kind == "cams" else MASK_SUFFIX
+        return sorted(folder.glob(f"*{suffix}")) if folder.is_dir() else []
 
     @staticmethod
     def refined_scores(masks: Path) -> Path:

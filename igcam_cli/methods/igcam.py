@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-from igcam_cli.artifacts import influence_maps, read_influence_map, read_proposals
+from igcam_cli.artifacts import RunDir, influence_maps, read_influence_map, read_proposals
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.methods.base import CamMethod
@@ -134,13 +134,13 @@ class InstanceGuided(CamMethod):
 
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
                  classes: list[int]) -> torch.Tensor:
-        path = self.proposals / f"{sample.id}.npz"
+        path = RunDir.image_maps(self.proposals, sample.id)
         if not path.is_file():
             raise ImageProblem(f"{sample.image}: no proposals in {self.proposals}")
         boxes = torch.from_numpy(read_proposals(path)["boxes"])
         influence = None
         if self.maps is not None:
-            stored = read_influence_map(self.maps / f"{sample.id}.npz")
+            stored = read_influence_map(RunDir.image_maps(self.maps, sample.id))
             known = stored["classes"].tolist()
             if not set(classes) <= set(known):
                 raise ImageProblem(f"{sample.image}: its influence map has classes {known}, "

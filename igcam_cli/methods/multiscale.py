@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igcam_cli.artifacts import influence_maps, read_influence_map
+from igcam_cli.artifacts import RunDir, influence_maps, read_influence_map
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError, ImageProblem
 from igcam_cli.models import FPN_LEVELS, CamNet
@@ -274,7 +274,7 @@ def base_cams(model: CamNet, scales: tuple[float, ...], flip: bool, fusion: Leve
     def fused(sample: Sample, classes: list[int], level_cams: torch.Tensor) -> torch.Tensor:
         weights = level_cams.new_full(level_cams.shape[:2], 1 / len(levels))
         if maps_dir is not None and classes:
-            path = maps_dir / f"{sample.id}.npz"
+            path = RunDir.image_maps(maps_dir, sample.id)
             if not path.is_file():
                 raise ImageProblem(f"{sample.image}: no influence map in {maps_dir}")
             stored = read_influence_map(path)

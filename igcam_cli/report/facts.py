@@ -137,7 +137,7 @@ def _per_image(step: Step) -> float | None:
 
 
 def _files(folder: Path, kind: str) -> int:
-    return sum(1 for _ in folder.glob("*.npz" if kind == "cams" else "*.png"))
+    return len(RunDir.image_files(folder, kind))
 
 
 def _ground_truth(dataset: Any, origin: Path) -> GroundTruth | None:

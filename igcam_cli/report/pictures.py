@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from igcam_cli.artifacts import read_cam, write_image
+from igcam_cli.artifacts import RunDir, read_cam, write_image
 from igcam_cli.datasets import GroundTruth
 from igcam_cli.errors import ImageProblem
 from igcam_cli.images import image_size, read_image, read_label_map
@@ -58,8 +58,8 @@ def prediction(method: Method, image_id: str) -> np.ndarray:
     """The label map a method gives one image, as its evaluation scored it: a mask folder's
     PNG, or a CAM folder's seeds at its best threshold."""
     if method.kind == "masks":
-        return read_label_map(method.path / f"{image_id}.png")
-    data = read_cam(method.path / f"{image_id}.npz")
+        return read_label_map(RunDir.image_mask(method.path, image_id))
+    data = read_cam(RunDir.image_maps(method.path, image_id))
     return seed_labels(data["cams"].astype(np.float32), data["classes"].astype(np.int64),
                        float(method.threshold or 0.0))
 
@@ -114,7 +114,7 @@ def choose(facts: RunFacts, rows: int) -> tuple[list[tuple[str, str | None]], Me
     ranking = _ranking(facts)
     if ranking is not None:
         score = {i: image_miou(ranking, i, gt) for i in facts.gt.ids()
-                 if (ranking.path / f"{i}{_suffix(ranking)}").is_file()
+                 if RunDir.image_file(ranking.path, i, ranking.kind).is_file()
                  and (gt := read_truth(facts.gt, i)) is not None}
         ranked = sorted((i for i, v in score.items() if v is not None),
                         key=lambda i: (score[i], i))
@@ -122,14 +122,10 @@ def choose(facts: RunFacts, rows: int) -> tuple[list[tuple[str, str | None]], Me
             return ([(ranked[p], g) for p, g in _positions(len(ranked), rows, True)], ranking,
                     len(ranked))
     source = next((m for m in facts.methods if m.kind == "cams"), None)
-    ids = sorted(p.stem for p in source.path.glob("*.npz")) if source else []
+    ids = [p.stem for p in RunDir.image_files(source.path)] if source else []
     if not ids:
         return [], None, 0
     return [(ids[p], g) for p, g in _positions(len(ids), rows, False)], None, len(ids)
-
-
-def _suffix(method: Method) -> str:
-    return ".npz" if method.kind == "cams" else ".png"
 
 
 def _shrink(array: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarray:
@@ -143,7 +139,7 @@ def _shrink(array: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarra
 def _photo_path(facts: RunFacts, image_id: str) -> Path | None:
     """The source photo of an image, as its CAM files name it."""
     for method in facts.methods:
-        path = method.path / f"{image_id}.npz"
+        path = RunDir.image_maps(method.path, image_id)
         if method.kind == "cams" and path.is_file():
             return Path(str(read_cam(path, full_size=False)["image"]))
     return None
@@ -180,7 +176,7 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
         return _shrink(array, size, labels)
 
     def picture(method: Method) -> np.ndarray:
-        path = method.path / f"{image_id}{_suffix(method)}"
+        path = RunDir.image_file(method.path, image_id, method.kind)
         if method.kind == "masks":
             return blend(photo, at_panel_size(read_label_map(path), path.name, labels=True))
         cams = read_cam(path)["cams"].astype(np.float32)
@@ -189,7 +185,7 @@ def build_row(facts: RunFacts, image_id: str, group: str | None, assets: Path) -
 
     row.panels.append(_panel("photo", lambda: photo, assets, f"{image_id}.photo.jpg"))
     for method in facts.methods:
-        if not (method.path / f"{image_id}{_suffix(method)}").is_file():
+        if not RunDir.image_file(method.path, image_id, method.kind).is_file():
             row.panels.append(Panel(method.name, note="no file for this image"))
             continue
         panel = _panel(method.name, functools.partial(picture, method), assets,

@@ -162,14 +162,14 @@ def cam(config: CamConfig) -> Path:
 
     def save(sample: Sample, result: CamResult) -> None:
         classes, maps, probs, size = result
-        write_cam(step.out / f"{sample.id}.npz", classes, maps, probs, sample.image, size)
+        write_cam(RunDir.image_maps(step.out, sample.id), classes, maps, probs, sample.image, size)
 
     if config.batch_images > 1:  # neighbours of one size make the batches
         samples = sorted(samples, key=size_order)
     work = ImageWork(load, lambda sample, loaded: maps_of_batch([sample], [loaded])[0], save,
                      compute_batch=maps_of_batch, group=lambda loaded: loaded[0].shape,
                      batch=config.batch_images)
-    step.run(samples, work, lambda s: step.out / f"{s.id}.npz",
+    step.run(samples, work, lambda s: RunDir.image_maps(step.out, s.id),
              overwrite=config.overwrite, strict=config.strict, io_workers=config.io_workers)
     return step.finish()
 

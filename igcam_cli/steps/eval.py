@@ -19,7 +19,7 @@ import numpy as np
 from rich.table import Table
 
 from igcam_cli import options
-from igcam_cli.artifacts import StepRecord, ensure_dir, jsonable, read_cam
+from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir, jsonable, read_cam
 from igcam_cli.datasets import (
     DatasetFormat,
     DatasetSpec,
@@ -121,7 +121,7 @@ def _image_confusions(image_id: str, config: EvalConfig, truth: GroundTruth, n: 
 
     try:
         if config.cams is not None:
-            path = config.cams / f"{image_id}.npz"
+            path = RunDir.image_maps(config.cams, image_id)
             if not path.is_file():
                 return missing(), f"{image_id}: no CAM file"
             data = read_cam(path)
@@ -132,7 +132,7 @@ def _image_confusions(image_id: str, config: EvalConfig, truth: GroundTruth, n: 
                                    f"{gt.shape}")
             peak, best = peak_labels(cams, classes)  # once, then one comparison per threshold
             return [confusion(gt, np.where(peak > t, best, 0), n) for t in thresholds], None
-        path = config.pred / f"{image_id}.png"
+        path = RunDir.image_mask(config.pred, image_id)
         if not path.is_file():
             return missing(), f"{image_id}: no prediction"
         pred = read_label_map(path)
@@ -150,9 +150,9 @@ def _ids(config: EvalConfig, gt: GroundTruth, fmt: DatasetFormat | None, spec: D
     if ids is None and config.dataset.split is not None:
         ids = read_split(Path(config.dataset.split))
     if ids is None:
-        source = config.cams if config.cams is not None else config.pred
-        suffix = ".npz" if config.cams is not None else ".png"
-        ids = sorted(p.stem for p in source.glob(f"*{suffix}"))
+        files = (RunDir.image_files(config.cams) if config.cams is not None
+                 else RunDir.image_files(config.pred, "masks"))
+        ids = [p.stem for p in files]
     if not ids:
         raise IgcamError("nothing to evaluate: the prediction folder (or split) is empty")
     absent = [i for i in ids if not gt.has(i)]

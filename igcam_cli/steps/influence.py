@@ -379,10 +379,11 @@ def influence(config: InfluenceConfig) -> Path:
             return normalise(maps, floor=1e-12).to(torch.float16).cpu().numpy()
 
         def save(sample: Sample, maps: np.ndarray) -> None:
-            write_influence_map(maps_dir / f"{sample.id}.npz", list(sample.labels or ()), maps)
+            write_influence_map(RunDir.image_maps(maps_dir, sample.id),
+                                list(sample.labels or ()), maps)
 
         step.run(step.select(samples), ImageWork(load, maps_of, save),
-                 lambda s: maps_dir / f"{s.id}.npz", overwrite=config.overwrite,
+                 lambda s: RunDir.image_maps(maps_dir, s.id), overwrite=config.overwrite,
                  strict=config.strict, io_workers=config.io_workers,
                  description="influence: maps")
     return step.finish("maps written")

@@ -136,7 +136,7 @@ def propose_image(sample: Sample, image: np.ndarray, config: ProposeConfig) -> P
 
 def write_image_proposals(sample: Sample, result: Proposals, out: Path) -> None:
     boxes, scores, size = result
-    write_proposals(out / f"{sample.id}.npz", boxes, scores, sample.image, size)
+    write_proposals(RunDir.image_maps(out, sample.id), boxes, scores, sample.image, size)
 
 
 def propose(config: ProposeConfig) -> Path:
@@ -154,9 +154,9 @@ def propose(config: ProposeConfig) -> Path:
     out = step.out
     work = ImageWork(read_sample, functools.partial(propose_image, config=config),
                      functools.partial(write_image_proposals, out=out))
-    step.run(samples, work, lambda s: out / f"{s.id}.npz", overwrite=config.overwrite,
+    step.run(samples, work, lambda s: RunDir.image_maps(out, s.id), overwrite=config.overwrite,
              strict=config.strict, workers=config.workers, io_workers=config.io_workers)
-    done = [out / f"{s.id}.npz" for s in samples if (out / f"{s.id}.npz").is_file()]
+    done = [p for s in samples if (p := RunDir.image_maps(out, s.id)).is_file()]
     mean_boxes = float(np.mean([len(read_proposals(p)["boxes"]) for p in done])) if done else 0.0
     step.record.extra["boxes_per_image"] = round(mean_boxes, 1)
     return step.finish(extra=f", {mean_boxes:.1f} boxes per image")

@@ -91,9 +91,9 @@ class _RefineImage:
     def write(self, sample: Sample, result: tuple[Maps, np.ndarray]) -> None:
         maps, scores = result
         if self.scores is not None:
-            write_cam(self.scores / f"{sample.id}.npz", maps.classes,
+            write_cam(RunDir.image_maps(self.scores, sample.id), maps.classes,
                       maps.cams.astype(np.float16), scores, maps.image)
-        save_label_map(self.out / f"{sample.id}.png", maps.labels)
+        save_label_map(RunDir.image_mask(self.out, sample.id), maps.labels)
 
 
 def refine(config: RefineConfig) -> Path:
@@ -101,7 +101,7 @@ def refine(config: RefineConfig) -> Path:
     options.check(config)
     run = RunDir(config.run)
     cams = config.cams or run.cam()
-    if not cams.is_dir() or not any(cams.glob("*.npz")):
+    if not RunDir.image_files(cams):
         raise run.no_cams(cams)
     chosen = ""
     if config.threshold is None:
@@ -124,12 +124,12 @@ def refine(config: RefineConfig) -> Path:
     step = ImageStep("refine", config.out or run.refine(config.method),
                      replace(config, method_options=used), shard)
     # Each CAM file stands in for its image: the sample's path is the .npz itself.
-    samples = step.select([Sample(p.stem, p) for p in sorted(cams.glob("*.npz"))])
+    samples = step.select([Sample(p.stem, p) for p in RunDir.image_files(cams)])
     step.record.inputs = {"cams": str(cams), "num_cams": len(samples)}
     scores = ensure_dir(RunDir.refined_scores(step.out)) if config.save_scores else None
     one = _RefineImage(chain, config.bg_threshold, step.out, scores)
     step.run(samples, ImageWork(one.load, one.compute, one.write),
-             lambda s: step.out / f"{s.id}.png", overwrite=config.overwrite,
+             lambda s: RunDir.image_mask(step.out, s.id), overwrite=config.overwrite,
              strict=config.strict, workers=workers,
              io_workers=config.io_workers)
     return step.finish("masks written", chosen)

@@ -117,7 +117,7 @@ class _Targets:
         return target_labels(maps, self.config)
 
     def write(self, sample: Sample, labels: np.ndarray) -> None:
-        save_label_map(self.out / f"{sample.id}.png", labels)
+        save_label_map(RunDir.image_mask(self.out, sample.id), labels)
 
 
 def target_labels(maps: Maps, config: AffinityConfig) -> np.ndarray:
@@ -149,7 +149,8 @@ def _cache(net: BoundaryNet, sample: Sample, labels_dir: Path, paths: PathAffini
     source = Path(str(read_cam(sample.image, full_size=False)["image"]))
     image = to_tensor(read_image(source, max_side or None)).to(device)
     stages = [s.half().cpu() for s in net.stages(image[None])]
-    labels = torch.from_numpy(read_label_map(labels_dir / f"{sample.id}.png").astype(np.int64))
+    labels = read_label_map(RunDir.image_mask(labels_dir, sample.id))
+    labels = torch.from_numpy(labels.astype(np.int64))
     size = grid_size(image.shape[-2:])
     if tuple(labels.shape) != size:  # targets made at another --max-side
         labels = torch.nn.functional.interpolate(
@@ -161,7 +162,7 @@ def _target_statistics(labels_dir: Path, samples: list[Sample]) -> dict[str, flo
     """Shares of grid cells that are confident background, foreground and ignored."""
     counts = np.zeros(3)
     for sample in samples:
-        labels = read_label_map(labels_dir / f"{sample.id}.png")
+        labels = read_label_map(RunDir.image_mask(labels_dir, sample.id))
         counts += [(labels == 0).sum(), ((labels > 0) & (labels != IGNORE)).sum(),
                    (labels == IGNORE).sum()]
     share = counts / max(counts.sum(), 1)
@@ -176,7 +177,7 @@ def train_aff(config: AffinityConfig) -> Path:
         raise IgcamError("--bg-threshold must be below --fg-threshold")
     run = RunDir(config.run)
     cams = config.cams or run.cam()
-    files = sorted(cams.glob("*.npz")) if cams.is_dir() else []
+    files = RunDir.image_files(cams)
     if not files:
         raise run.no_cams(cams)
     checkpoint = config.checkpoint or run.classifier()
@@ -199,10 +200,10 @@ def train_aff(config: AffinityConfig) -> Path:
     samples = [Sample(p.stem, p) for p in files]
     targets = _Targets(config, labels_dir)
     run_per_image(samples, ImageWork(targets.load, targets.compute, targets.write),
-                  lambda s: labels_dir / f"{s.id}.png", record, overwrite=False,
+                  lambda s: RunDir.image_mask(labels_dir, s.id), record, overwrite=False,
                   strict=config.strict, workers=config.workers,
                   io_workers=options.DEFAULT_IO_WORKERS, description="train-aff targets")
-    samples = [s for s in samples if (labels_dir / f"{s.id}.png").exists()]
+    samples = [s for s in samples if RunDir.image_mask(labels_dir, s.id).exists()]
     if not samples:
         raise IgcamError("train-aff: no image got targets")
 
