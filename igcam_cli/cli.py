@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import sys
 import typing
 import warnings
@@ -26,7 +27,7 @@ import typer
 from typer.exceptions import Abort, TyperException
 
 from igcam_cli import __version__
-from igcam_cli.errors import IgcamError, console
+from igcam_cli.errors import IgcamError, console, print_error
 from igcam_cli.options import comma_list
 from igcam_cli.registry import Registry
 from igcam_cli.steps import STEPS, Step
@@ -267,16 +268,14 @@ def _run(args: list[str]) -> int:
     except TyperException as error:  # a bad option: one line as well, not the parser's box
         message = error.format_message() if hasattr(error, "format_message") else str(error)
         command = [a for a in args[:1] if a in COMMANDS]
-        console.print(f"[bold red]error:[/] {message} (see `{' '.join(['igcam', *command])} "
-                      "--help`)", highlight=False, soft_wrap=True)
+        print_error(f"{message} (see `{' '.join(['igcam', *command])} --help`)")
         return 2
     except IgcamError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        print_error(str(error))
         return 2
     except OSError as error:
-        where = f" {error.filename}" if error.filename else ""
-        console.print(f"[bold red]error:[/]{where}: {error.strerror or error}", highlight=False,
-                      soft_wrap=True)
+        reason = error.strerror or str(error)
+        print_error(f"{os.fsdecode(error.filename)}: {reason}" if error.filename else reason)
         return 2
     except (KeyboardInterrupt, Abort):
         code = INTERRUPTED

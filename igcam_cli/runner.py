@@ -40,7 +40,7 @@ from igcam_cli.artifacts import (
 )
 from igcam_cli.datasets import DatasetSpec, Sample
 from igcam_cli.distributed import device_name
-from igcam_cli.errors import IgcamError, ImageProblem, console
+from igcam_cli.errors import IgcamError, ImageProblem, console, print_warning
 from igcam_cli.images import read_image
 
 T = TypeVar("T")
@@ -55,9 +55,9 @@ def progress_bar(*extra_columns: TextColumn, disable: bool = False) -> Progress:
     end, so logs get a summary rather than thousands of redraws. ``disable`` hides it (the
     torchrun processes of one training other than rank 0).
     """
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    *extra_columns, TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, disable=disable)
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                    MofNCompleteColumn(), *extra_columns, TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, disable=disable)
 
 
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
@@ -119,14 +119,14 @@ def warn(record: StepRecord, problem: ImageProblem | str, strict: bool) -> None:
         raise problem if isinstance(problem, ImageProblem) else ImageProblem(problem)
     record.count("failed")
     record.warn(str(problem))
-    console.print(f"[yellow]warning:[/] {problem}")
+    print_warning(problem)
 
 
 def record_problems(record: StepRecord, problems: list[str]) -> None:
     """The dataset's per-image problems (found while listing it): failures, kept and shown."""
     for problem in problems:
         record.warn(problem)
-        console.print(f"[yellow]warning:[/] {problem}")
+        print_warning(problem)
     record.count("failed", len(problems))
 
 
@@ -134,7 +134,7 @@ def summarise_warnings(record: StepRecord, manifest: Path, shown: int = 3) -> No
     """After a step's summary line: its first warnings and where all of them are, so that
     "N failed" never stands without a reason on the terminal."""
     for warning in record.warnings[:shown]:
-        console.print(f"  [yellow]warning:[/] {warning}")
+        print_warning(warning, indent="  ")
     if len(record.warnings) > shown:
         console.print(f"  ... {len(record.warnings)} warnings in all, listed in {manifest}")
 
@@ -440,7 +440,7 @@ class ImageStep:
             try:
                 merged = merge_finished_shards(self.out, self.shard.count)
             except IgcamError as error:
-                console.print(f"[yellow]warning:[/] shards not merged: {error}")
+                print_warning(f"shards not merged: {error}")
             else:
                 if merged is not None:
                     console.print(f"{self.name}: all {self.shard.count} shards done -> {merged}")

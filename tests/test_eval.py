@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import igcam
+from harness import igcam, one_line_error
 from PIL import Image
 
 from igcam_cli.artifacts import write_cam
 from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.errors import IgcamError
+from igcam_cli.report.plots import per_class
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
 
 THRESHOLDS = "0.2,0.4,0.6"
@@ -148,3 +151,45 @@ def test_run_evaluates_through_the_dataset_format(tiny_voc: Path, tmp_path: Path
         assert manifest["inputs"]["gt"] == str(root / "SegmentationClass")
         assert manifest["report"]["images"] == 12 and manifest["report"]["missing_or_failed"] == 0
     assert len(list((run / "vis").glob("*.jpg"))) == 2
+
+
+def test_out_dash_writes_the_report_to_stdout_and_no_file(tiny_voc: Path, noisy_cams: Path,
+                                                          tmp_path: Path) -> None:
+    result = igcam("eval", "--cams", noisy_cams, "--voc", tiny_voc, "--thresholds", THRESHOLDS,
+                   "--out", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)  # stdout holds the JSON alone; the table is on stderr
+    assert printed["step"] == "eval" and 0 < printed["report"]["miou"] < 1
+    assert "mIoU" in result.stderr and not (tmp_path / "-").exists()
+
+
+def test_out_onto_a_link_or_special_file_is_refused_and_left_alone(
+        tiny_voc: Path, noisy_cams: Path, tmp_path: Path) -> None:
+    """A rename onto ``/dev/stdout`` once replaced the system's link with a plain file."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/dev/null")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (link, fifo):
+        one_line_error(igcam("eval", "--cams", noisy_cams, "--voc", tiny_voc, "--thresholds",
+                             THRESHOLDS, "--out", target), str(target), "not a regular file")
+    assert link.is_symlink() and os.readlink(link) == "/dev/null"
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "stdout"]  # no temp left
+
+
+def test_class_names_and_paths_print_as_they_are(tiny_voc: Path, noisy_cams: Path,
+                                                 tmp_path: Path) -> None:
+    """Brackets and dollars are the user's text, not console markup or TeX."""
+    classes = tmp_path / "classes.txt"
+    names = (tiny_voc / "classes.txt").read_text().splitlines()
+    names[1] = "price $^$ [red]disc[/]"
+    classes.write_text("\n".join(names) + "\n")
+    result = igcam("eval", "--cams", noisy_cams, "--voc", tiny_voc, "--classes", classes,
+                   "--thresholds", THRESHOLDS)
+    assert result.returncode == 0, result.stderr
+    assert "price $^$ [red]disc[/]" in result.stderr
+    svg = per_class({names[1]: 0.5, "b": 0.2}, {}, {}).decode()
+    assert "price $^$ [red]disc[/]" in svg.replace("&lt;", "<").replace("&gt;", ">")
+    missing = tmp_path / "a[/]b[red]"
+    one_line_error(igcam("eval", "--cams", missing, "--voc", tiny_voc), str(missing))

@@ -97,8 +97,20 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+def replaceable(path: Path) -> Path:
+    """``path``, if an atomic write may replace it: missing or a regular file. A rename onto
+    ``/dev/stdout``, a pipe or a link would swap the special file (or the link) for a plain
+    one, so those are refused; a step with a user-given output file asks before its work."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise IgcamError(f"{path} is not a regular file: igcam writes its outputs as new or "
+                         "regular files only (give another path)")
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
+    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it onto ``path``
+    (which must be :func:`replaceable`)."""
+    replaceable(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + _owner_tag() + path.name + ".")
     try:
         os.fchmod(fd, FILE_MODE)

@@ -52,8 +52,12 @@ class StepRecord:
 
     def save(self, folder: Path, shard: Shard = WHOLE, filename: str | None = None) -> Path:
         """Write the manifest (``filename`` overrides the shard's default name)."""
+        return write_json(folder / (filename or shard.manifest_name()), self.document())
+
+    def document(self) -> dict[str, Any]:
+        """The manifest's content, timed now."""
         self.timings["total_s"] = round(time.perf_counter() - self._start, 3)
-        return write_json(folder / (filename or shard.manifest_name()), {
+        return {
             "step": self.step,
             "complete": True,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -65,7 +69,7 @@ class StepRecord:
             "timings": self.timings,
             "versions": package_versions(),
             **self.extra,
-        })
+        }
 
 
 def read_manifest(folder: Path, unfinished_if_damaged: bool = False) -> dict[str, Any] | None:

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 STYLE = {"svg.hashsalt": "igcam", "svg.fonttype": "none", "font.size": 9,
          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-         "grid.alpha": 0.3}
+         "grid.alpha": 0.3,
+         "text.parse_math": False}  # class names are the user's: "$" is a dollar, not TeX
 IOU, PRECISION, RECALL = "#3b75af", "#e1812c", "#3a923a"
 
 

@@ -11,7 +11,9 @@ are drawn from the annotations as each image is scored), which is how ``igcam ru
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import numpy as np
 from rich.table import Table
 
 from igcam_cli import options
-from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir, jsonable, read_cam
+from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir, jsonable, read_cam, replaceable
 from igcam_cli.datasets import (
     DatasetFormat,
     DatasetSpec,
@@ -29,7 +31,7 @@ from igcam_cli.datasets import (
     dataset_format,
     read_split,
 )
-from igcam_cli.errors import IgcamError, ImageProblem
+from igcam_cli.errors import IgcamError, ImageProblem, print_warning
 from igcam_cli.images import IGNORE, read_label_map
 from igcam_cli.masks import peak_labels
 from igcam_cli.metrics import confusion, missing_confusion, scores
@@ -59,6 +61,9 @@ class EvalData(DatasetSpec):
                               if v is not None or k != "split"})
 
 
+STDOUT = Path("-")  # --out -: the JSON report on stdout, for pipelines
+
+
 @dataclass
 class EvalConfig:
     gt: Path | None = option(
@@ -73,7 +78,7 @@ class EvalConfig:
     dataset: EvalData = options.nested(EvalData)
     ignore_uncertain: bool = option(
         False, "Ignore predicted 255 pixels instead of counting them as wrong.")
-    out: Path | None = option(None, "Write the JSON report here.")
+    out: Path | None = option(None, "Write the JSON report here (- for stdout).")
     workers: int = options.workers()
     name: str | None = None  # the table's title (igcam run names its evaluations)
 
@@ -171,6 +176,8 @@ def evaluate(config: EvalConfig) -> dict:
     for folder in (config.gt, config.pred or config.cams):
         if folder is not None and not folder.is_dir():
             raise IgcamError(f"{folder} is not a directory")
+    if config.out is not None and config.out != STDOUT:
+        replaceable(config.out)  # before the work, not after it
     gt = (MaskFolder(config.gt) if config.gt is not None
           else fmt.ground_truth(spec) if fmt is not None else None)
     if gt is None:
@@ -216,7 +223,10 @@ def evaluate(config: EvalConfig) -> dict:
         record = StepRecord("eval", jsonable(asdict(config)))
         record.inputs = {"gt": gt.describe()}
         record.extra = {"report": report}
-        record.save(ensure_dir(config.out.parent), filename=config.out.name)
+        if config.out == STDOUT:
+            sys.stdout.write(json.dumps(record.document(), indent=2, sort_keys=True) + "\n")
+        else:
+            record.save(ensure_dir(config.out.parent), filename=config.out.name)
     return report
 
 
@@ -231,10 +241,10 @@ def _print(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig
         if ok:
             table.add_row(name, *(f"{100 * report[k][name]:.1f}"
                                   for k in ("iou", "precision", "recall")))
-    table.add_row("[bold]mIoU", f"[bold]{100 * report['miou']:.1f}", "", "")
+    table.add_row("mIoU", f"{100 * report['miou']:.1f}", "", "", style="bold")
     console.print(table)
     if report["missing_or_failed"]:
-        console.print(f"[yellow]{report['missing_or_failed']} of {report['images']} images had "
+        print_warning(f"{report['missing_or_failed']} of {report['images']} images had "
                       f"no usable prediction and count as all-wrong, e.g. {report['problems'][0]}")
     if "sweep" in report:
         console.print("threshold sweep: " + ", ".join(
