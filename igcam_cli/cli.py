@@ -28,7 +28,7 @@ from typer.exceptions import Abort, TyperException
 
 from igcam_cli import __version__
 from igcam_cli.errors import IgcamError, console, print_error
-from igcam_cli.options import comma_list
+from igcam_cli.options import check, comma_list
 from igcam_cli.registry import Registry
 from igcam_cli.steps import STEPS, Step
 
@@ -117,10 +117,14 @@ class RegistryOptions:
         return [p for _, params in self.owned() for p in params]
 
     def finish(self, config: Any, values: dict[str, Any]) -> Any:
+        """``config`` with every part's options parsed and checked (those of parts not chosen
+        too: a NaN is a mistake whichever part it was meant for)."""
         registry = self.registry
-        return dataclasses.replace(config, **{self.into: {
-            name: _build(part.Options, values, registry.option_prefix(name))
-            for name, part in registry.items()}})
+        parts = {name: _build(part.Options, values, registry.option_prefix(name))
+                 for name, part in registry.items()}
+        for name, options in parts.items():
+            check(options, registry.option_prefix(name))
+        return dataclasses.replace(config, **{self.into: parts})
 
 
 
@@ -178,6 +182,7 @@ class Command:
 
         def run_step(**values: Any) -> None:
             built = _build(config, values)
+            check(built)  # bounds, choices and NaN for every command, before any work
             for registry in registries:
                 built = registry.finish(built, values)
             step(built)

@@ -11,6 +11,7 @@ is flattened into its fields' options (``DatasetSpec`` gives every step the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -52,8 +53,10 @@ def _bounds(meta: dict[str, Any]) -> str:
 
 def check(config: Any, prefix: str = "") -> None:
     """Raise a one-line :class:`IgcamError` for the first option of ``config`` (a dataclass,
-    nested ones included) outside its declared bounds or choices; ``prefix`` is the options'
-    command-line prefix (``ccam-`` for ``--ccam-rounds``)."""
+    nested ones included) outside its declared bounds or choices, or a float that is NaN or
+    infinite (no option means anything by them, and NaN slips through every comparison); a
+    list option's bounds hold for each of its values. ``prefix`` is the options' command-line
+    prefix (``ccam-`` for ``--ccam-rounds``)."""
     for f in fields(config):
         value, meta = getattr(config, f.name), f.metadata
         if meta.get("nested"):
@@ -64,11 +67,16 @@ def check(config: Any, prefix: str = "") -> None:
         if meta["choices"] is not None and value not in meta["choices"]:
             raise IgcamError(f"{name} must be one of {', '.join(meta['choices'])}, "
                              f"got {value!r}")
-        low, high = meta["min"], meta["max"]
-        if ((low is not None and value < low) or (high is not None and value > high)
-                or (meta["above"] is not None and value <= meta["above"])
-                or (meta["below"] is not None and value >= meta["below"])):
-            raise IgcamError(f"{name} must be {_bounds(meta)}, got {value}")
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise IgcamError(f"{name} must be a finite number, got {item}")
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                continue
+            low, high = meta["min"], meta["max"]
+            if ((low is not None and item < low) or (high is not None and item > high)
+                    or (meta["above"] is not None and item <= meta["above"])
+                    or (meta["below"] is not None and item >= meta["below"])):
+                raise IgcamError(f"{name} must be {_bounds(meta)}, got {item}")
 
 
 def nested(factory: type, prefix: str = "") -> Any:
@@ -137,7 +145,11 @@ def out(default: str) -> Any:
 
 
 def scales(default: tuple[float, ...]) -> Any:
-    return option(default, "Comma-separated CAM scales.")
+    return option(default, "Comma-separated CAM scales.", above=0, max=MAX_SCALE)
+
+
+MAX_SCALE = 4.0  # an image enlarged 4x is already far past what the features resolve
+MAX_SIDE = 4096  # pixels: crops and working sides above this ask for tens of GB
 
 
 

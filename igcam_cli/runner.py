@@ -344,6 +344,16 @@ def _collect(outcomes: Iterable[str | None], total: int, record: StepRecord, str
                 warn(record, message, strict)
 
 
+def finite_loss(loss: torch.Tensor, step: str, epoch: int) -> torch.Tensor:
+    """``loss``, unless it is NaN or infinite: then training stops with one line, since every
+    later step would only carry NaN weights on (NaN CAMs, empty masks). The checkpoints of the
+    epochs before stay, so ``--resume`` with a lower ``--lr`` goes on from the last."""
+    if not torch.isfinite(loss.detach()).all():
+        raise IgcamError(f"{step}: the loss became {loss.item()} in epoch {epoch}; training "
+                         "stopped (lower --lr; checkpoints of finished epochs are kept)")
+    return loss
+
+
 def trained_already(name: str, final: Path, record: StepRecord, config_type: type) -> bool:
     """Whether a training step's ``final`` file exists, made with ``record``'s recipe; made
     with another, the step refuses rather than skip to a network that the options do not

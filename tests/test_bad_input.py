@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from harness import igcam, igcam_process, one_line_error
 
+from igcam_cli.artifacts import RunDir
+from igcam_cli.training.stage1 import Stage1
+
 
 @pytest.fixture()
 def photos(tiny_voc: Path, tmp_path: Path) -> Path:
@@ -233,3 +236,55 @@ def test_labels_file_ids_that_are_paths_are_refused(photos: Path, tiny_voc: Path
         labels.write("../../escape.jpg,disc\n")
     one_line_error(_train(tmp_path / "run", photos, tiny_voc), "labels.csv line 9",
                    "not an image id")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("refine", "--threshold", "nan"), "--threshold must be a finite number"),
+    (("cam", "--scales", "1.0,nan"), "--scales must be a finite number"),
+    (("cam", "--scales", "1.0,inf"), "--scales must be a finite number"),
+    (("cam", "--scales", "1.0,0"), "--scales must be above 0"),
+    (("train-cls", "--lr", "nan"), "--lr must be a finite number"),
+    (("train-aff", "--lr", "inf"), "--lr must be a finite number"),
+    (("influence", "--damping", "nan"), "--damping must be a finite number"),
+    (("refine", "--crf-gt-prob", "nan"), "--crf-gt-prob must be a finite number"),
+    (("run", "--lpcam-k", "0"), "--lpcam-k"),
+    (("train-cls", "--crop", "50000"), "--crop"),
+])
+def test_numbers_that_are_not_numbers_stop_before_any_work(
+        tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    """NaN passes every bound (each comparison is False), so it once trained a NaN model or
+    wrote all-background masks with exit status 0."""
+    run = tmp_path / "run"
+    one_line_error(igcam(*args, "--run", run), needle)
+    assert not run.exists()  # refused while parsing: nothing made
+
+
+def test_a_sweep_too_long_to_hold_is_refused(tiny_voc: Path) -> None:
+    gt = tiny_voc / "SegmentationClass"
+    for sweep in ("0:1e12:1", "0:1:0", "nan:1:0.1", "0.1,inf"):
+        one_line_error(igcam("eval", "--cams", gt, "--gt", gt, "--thresholds", sweep),
+                       "--thresholds", "at most 1000 finite values")
+
+
+def test_a_loss_that_is_no_longer_a_number_stops_training(
+        photos: Path, tiny_voc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first epoch trains; the second's loss turns NaN (as a diverging --lr makes it):
+    one line, and the first epoch's checkpoint stays for --resume."""
+    calls = []
+    real = Stage1.loss
+
+    def diverging(self, *args):  # noqa: ANN001, ANN202 - the stage's own signature
+        logits, loss = real(self, *args)
+        calls.append(1)
+        return logits, loss * float("nan") if len(calls) > 2 else loss
+
+    monkeypatch.setattr(Stage1, "loss", diverging)
+    run = tmp_path / "run"
+    result = _train(run, photos, tiny_voc, "--epochs", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the bar as far as it got
+    assert last.startswith("error: train-cls: the loss became nan in epoch 2"), last
+    assert "lower --lr" in last
+    folder = RunDir(run).train_cls()
+    assert not RunDir(run).classifier().exists()
+    assert [p.name for p in RunDir.epochs(folder)] == ["epoch-001.pt"]

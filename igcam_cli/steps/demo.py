@@ -18,7 +18,7 @@ from igcam_cli.steps.run import RunConfig, run
 class DemoConfig:
     run: Path = option(Path("igcam-demo"), "Run directory.", short="-r")
     images: int = option(240, "Generated images.", min=8)
-    size: int = option(160, "Image side in pixels.", min=64)
+    size: int = option(160, "Image side in pixels.", min=64, max=1024)
     seed: int = option(0, "Dataset seed.")
     epochs: int = option(6, "Classifier epochs.", min=1)
     device: str = options.device()

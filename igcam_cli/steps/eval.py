@@ -83,19 +83,24 @@ class EvalConfig:
     name: str | None = None  # the table's title (igcam run names its evaluations)
 
 
+MAX_THRESHOLDS = 1000  # a sweep's confusion matrices are kept per threshold
+
+
 def parse_thresholds(text: str) -> list[float]:
     """``START:STOP:STEP`` (STOP inclusive) or a comma list."""
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
+            if not step > 0 or (stop - start) / step > MAX_THRESHOLDS:  # not the array first
                 raise ValueError
             values = np.arange(start, stop + step / 2, step)
         else:
             values = np.array([float(v) for v in text.split(",")])
+        if len(values) > MAX_THRESHOLDS or not np.isfinite(values).all():
+            raise ValueError
     except ValueError:
-        raise IgcamError(f"--thresholds must be START:STOP:STEP or a comma list, got {text!r}"
-                         ) from None
+        raise IgcamError(f"--thresholds must be START:STOP:STEP or a comma list of at most "
+                         f"{MAX_THRESHOLDS} finite values, got {text!r}") from None
     return [round(float(v), 6) for v in values]
 
 

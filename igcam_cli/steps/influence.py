@@ -49,7 +49,7 @@ from igcam_cli.datasets import Sample, load_dataset, multi_hot
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.models import CamNet, check_classes, load_classifier
-from igcam_cli.options import option
+from igcam_cli.options import MAX_SIDE, option
 from igcam_cli.runner import (
     ClassifierStepConfig,
     ImageStep,
@@ -83,7 +83,8 @@ class InfluenceConfig(ClassifierStepConfig):
              "on; the Hessian uses the rest.", above=0, below=1)
     iters: int = option(100, "CG iterations or LiSSA depth.", min=1)
     hessian_images: int = option(8, "Images per Hessian-vector product (layer4/all).", min=1)
-    size: int = option(448, "Long side images are shrunk to for layer4/all.", min=32)
+    size: int = option(448, "Long side images are shrunk to for layer4/all.", min=32,
+                       max=MAX_SIDE)
     self_influence: bool = option(
         True, "Also compute each image's self-influence (one inverse-HVP per image unless "
               "--solver exact).")

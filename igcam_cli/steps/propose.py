@@ -41,7 +41,7 @@ from igcam_cli.artifacts import (
 )
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError
-from igcam_cli.options import option
+from igcam_cli.options import MAX_SIDE, option
 from igcam_cli.runner import DataStepConfig, ImageStep, ImageWork, read_sample
 
 # --mode -> the SelectiveSearchSegmentation method that sets up its strategies.
@@ -64,7 +64,8 @@ class ProposeConfig(DataStepConfig):
                 "(1 x 1: fastest, fewest boxes).", choices=tuple(MODES))
     size: int = option(
         500, "Long side in pixels of the copy the search runs on; larger images are shrunk to "
-             "it and the boxes mapped back to the original pixels.", min=32)
+             "it and the boxes mapped back to the original pixels.", min=32,
+        max=MAX_SIDE)
     min_size: float = option(
         0.02, "Drop boxes with a side shorter than this fraction of the image's shorter side.",
         min=0, below=1)

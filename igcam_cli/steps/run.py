@@ -27,7 +27,7 @@ from igcam_cli import options
 from igcam_cli.artifacts import DEFAULT_REFINER, PLAIN_CAM, RunDir
 from igcam_cli.datasets import dataset_format
 from igcam_cli.methods import cams_threshold, measured_threshold
-from igcam_cli.options import option
+from igcam_cli.options import MAX_SIDE, option
 from igcam_cli.refiners import REFINERS, parse_refiners, required_steps
 from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps import STEPS
@@ -51,8 +51,10 @@ class RunConfig(DataStepConfig):
     weights: Path | None = option(None, "ImageNet weight file for the backbone (see train-cls).")
     epochs: int | None = option(None, "Epochs (default: scaled to the data).", min=1)
     batch_size: int = option(DEFAULT_BATCH_SIZE, "Images per batch (see train-cls).", min=1)
-    crop: int = option(DEFAULT_CROP, "Training crop side (see train-cls).", min=32)
-    lr: float | None = option(None, "Backbone learning rate (default per backbone, see train-cls).")
+    crop: int = option(DEFAULT_CROP, "Training crop side (see train-cls).", min=32,
+                       max=MAX_SIDE)
+    lr: float | None = option(None, "Backbone learning rate (default per backbone, see "
+                                    "train-cls).", above=0)
     scales: tuple[float, ...] = options.scales(DEFAULT_SCALES)
     method: str = option(
         DEFAULT_METHOD, "CAM method (see `igcam cam --method`), with its options as cam takes "

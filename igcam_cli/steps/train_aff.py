@@ -60,6 +60,7 @@ from igcam_cli.refiners.crf import CrfOptions, crf_labels, import_crf
 from igcam_cli.runner import (
     ImageWork,
     console,
+    finite_loss,
     progress_bar,
     resolve_device,
     run_per_image,
@@ -253,7 +254,8 @@ def train_aff(config: AffinityConfig) -> Path:
                         [s.to(device).float() for s in stages], size))
                     affinity = paths(boundary)[0]
                     masks = [m.to(device) for m in pairs]
-                    loss = affinity_loss(affinity, *masks) / len(batch)
+                    loss = finite_loss(affinity_loss(affinity, *masks) / len(batch),
+                                       "train-aff", epoch + 1)
                     loss.backward()
                     losses.append(loss.item() * len(batch))
                     with torch.no_grad():

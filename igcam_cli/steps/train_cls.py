@@ -49,10 +49,11 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.metrics import mean_average_precision
 from igcam_cli.models import CamNet, save_checkpoint_payload
-from igcam_cli.options import option
+from igcam_cli.options import MAX_SIDE, option
 from igcam_cli.runner import (
     DataStepConfig,
     console,
+    finite_loss,
     progress_bar,
     readable,
     record_problems,
@@ -88,11 +89,11 @@ class TrainConfig(DataStepConfig):
     batch_size: int = option(DEFAULT_BATCH_SIZE, "Images per batch.", min=1)
     crop: int = option(
         DEFAULT_CROP, "Training crop side; images are resized to a random long side in "
-             "[0.625, 1.25] x crop.", min=32)
+             "[0.625, 1.25] x crop.", min=32, max=MAX_SIDE)
     lr: float | None = option(
         None, "Backbone learning rate, poly schedule. Default: 0.1 for ResNet (IRN), 0.01 for "
               "EfficientNet-Lite0, 0.002 for Lite1 and Lite2; a tenth of that in stages 2 and "
-              "self-sup.")
+              "self-sup.", above=0)
     head_lr_mult: float = option(10.0, "Classifier lr multiplier.")
     weight_decay: float = option(1e-4, "SGD weight decay.")
     loader_workers: int = option(2, "Data-loading processes.", min=0)
@@ -325,6 +326,7 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
                 batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
                 target = target.to(device, non_blocking=True)
                 logits, loss = step(batch, target, weight.to(device))
+                finite_loss(loss, "train-cls", epoch + 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
