@@ -366,7 +366,7 @@ def fingerprint(items: Iterable[str]) -> str:
     """A short stable hash of a list of strings (image ids, file names and sizes)."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(item.encode())
+        digest.update(item.encode("utf-8", "surrogateescape"))  # names that are not UTF-8
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 

@@ -126,16 +126,36 @@ class Dataset:
         return [s for s in self.samples if s.labels is not None]
 
 
+def read_user_text(path: Path, what: str) -> str:
+    """A text file a user made (a class list, labels, a split): UTF-8, with or without the
+    byte-order mark that Excel and Notepad put first (it would otherwise become part of the
+    first id or class name). Other encodings are a one-line error naming the line, not a
+    guess: a wrong guess would rename classes silently."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IgcamError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise IgcamError(f"{what} {path} line {line} is not UTF-8 text (byte "
+                         f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
+
+
 def read_class_names(path: Path) -> tuple[str, ...]:
     """A class list file: one foreground class name per line (background is implicit)."""
-    try:
-        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-    except OSError as exc:
-        raise IgcamError(f"cannot read class list {path}: {exc.strerror}") from None
+    lines = [(number, line.strip()) for number, line in
+             enumerate(read_user_text(path, "class list").splitlines(), start=1) if line.strip()]
+    names = tuple(name for _, name in lines)
     if not names:
         raise IgcamError(f"class list {path} is empty")
-    if len(set(names)) != len(names):
-        raise IgcamError(f"class list {path} repeats a class name")
+    first: dict[str, int] = {}
+    for number, name in lines:  # label files name classes in any case: Dog and dog are one
+        if name.lower() in first:
+            raise IgcamError(f"class list {path}: line {number} ({name!r}) repeats line "
+                             f"{first[name.lower()]}'s class (names are compared ignoring case)")
+        first[name.lower()] = number
     if len(names) > 254:
         raise IgcamError(f"class list {path}: at most 254 classes fit in a VOC label PNG")
     return names
@@ -166,7 +186,8 @@ def read_split(path: Path) -> list[str]:
     if not path.is_file():
         raise IgcamError(f"split file {path} not found")
     ids = [check_id(line.split()[0], f"{path} line {number}")
-           for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+           for number, line in enumerate(read_user_text(path, "split file").splitlines(), start=1)
+           if line.strip()]
     if not ids:
         raise IgcamError(f"split file {path} is empty")
     return ids

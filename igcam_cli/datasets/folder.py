@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 from igcam_cli.datasets.base import (
     Dataset,
@@ -13,6 +15,7 @@ from igcam_cli.datasets.base import (
     Sample,
     check_id,
     class_lookup,
+    read_user_text,
 )
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import IMAGE_SUFFIXES, list_images
@@ -30,6 +33,18 @@ def _parse_label_names(raw: list[str], lookup: dict[str, int], where: str) -> tu
     return tuple(sorted(indices))
 
 
+def _unique_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a repeated image id would otherwise keep
+    its last labels silently."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen and seen[key] != value:
+            raise IgcamError(f"labels file {path}: {key!r} is labelled twice, differently; "
+                             "give each image one entry")
+        seen[key] = value
+    return seen
+
+
 def _label_id(name: str, where: str) -> str:
     """The image id a labels file names: the file name without its image extension."""
     stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
@@ -41,11 +56,11 @@ def read_labels_file(path: Path, names: tuple[str, ...]) -> dict[str, tuple[int,
     if not path.is_file():
         raise IgcamError(f"labels file {path} not found")
     lookup = class_lookup(names)
-    text = path.read_text()
+    text = read_user_text(path, "labels file")
     result: dict[str, tuple[int, ...]] = {}
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=functools.partial(_unique_keys, path))
         except json.JSONDecodeError as exc:
             raise IgcamError(
                 f"labels file {path}: invalid JSON ({exc.msg}, line {exc.lineno})"
@@ -59,14 +74,20 @@ def read_labels_file(path: Path, names: tuple[str, ...]) -> dict[str, tuple[int,
             result[_label_id(image_id, f"{path} entry {image_id!r}")] = _parse_label_names(
                 [str(r) for r in raw], lookup, f"{path} entry {image_id!r}")
         return result
+    first: dict[str, int] = {}
     for line_number, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or not row[0].strip():
             continue
         if line_number == 1 and row[0].strip().lower() in ("image_id", "image", "id"):
             continue
-        raw = ";".join(row[1:]).split(";")
-        result[_label_id(row[0].strip(), f"{path} line {line_number}")] = _parse_label_names(
-            raw, lookup, f"{path} line {line_number}")
+        where = f"{path} line {line_number}"
+        image_id = _label_id(row[0].strip(), where)
+        labels = _parse_label_names(";".join(row[1:]).split(";"), lookup, where)
+        if image_id in result and result[image_id] != labels:  # the same line twice is fine
+            raise IgcamError(f"{where}: {image_id!r} is labelled again, differently from line "
+                             f"{first[image_id]}; give each image one line")
+        result[image_id] = labels
+        first.setdefault(image_id, line_number)
     return result
 
 
