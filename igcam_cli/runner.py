@@ -7,7 +7,8 @@ import itertools
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -309,6 +310,30 @@ def _overlapped(todo: list[Sample], work: ImageWork, io_workers: int) -> Iterato
         writers.shutdown(wait=True, cancel_futures=True)
 
 
+def in_processes(function: Callable[[T], R], items: Iterable[T], workers: int,
+                 initializer: Callable[..., None], initargs: tuple[Any, ...],
+                 ordered: bool = True) -> Iterator[R]:
+    """``function`` over ``items`` in ``workers`` spawned processes, each set up once by
+    ``initializer(*initargs)``; results in ``items``' order, or as they finish.
+
+    A worker that dies (a crash inside a native library, the out-of-memory killer) is one
+    ``IgcamError``, where a ``multiprocessing.Pool`` would wait for it forever. Stopping early
+    (an error, ``--strict``) cancels the items not yet started.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
+                             initargs=initargs) as pool:
+        try:
+            futures = [pool.submit(function, item) for item in items]
+            for future in futures if ordered else as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool:
+            raise IgcamError("a worker process died (a crash in a native library, or out of "
+                             "memory); rerun with --workers 1 to see which image") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_per_image(samples: list[Sample], work: ImageWork, output: Callable[[Sample], Path],
                   record: StepRecord, *, overwrite: bool, strict: bool, workers: int,
                   io_workers: int, description: str) -> None:
@@ -322,9 +347,8 @@ def run_per_image(samples: list[Sample], work: ImageWork, output: Callable[[Samp
     todo = [s for s in samples if overwrite or not output(s).exists()]
     record.count("skipped_done", len(samples) - len(todo))
     if workers > 1 and len(todo) > 1:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_install, initargs=(work,)) as pool:
-            outcomes: Iterable[str | None] = pool.imap_unordered(_in_worker, todo, chunksize=1)
+        outcomes = in_processes(_in_worker, todo, workers, _install, (work,), ordered=False)
+        with contextlib.closing(outcomes):
             _collect(outcomes, len(todo), record, strict, description)
     elif io_workers > 0:
         with contextlib.closing(_overlapped(todo, work, io_workers)) as overlapped:

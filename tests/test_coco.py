@@ -237,10 +237,16 @@ def test_bad_inputs_are_one_line_errors(coco: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "message"), [
     ({"images": [], "annotations": []}, "not a COCO instances file"),  # captions
     ("{\"images\": [", "invalid JSON"),
-    ({"images": [], "annotations": [{"image_id": 1, "category_id": 2}], "categories": []},
-     "names category 2"),
+    ({"images": [], "annotations": [{"image_id": 1, "category_id": 2}],
+      "categories": [{"id": 1, "name": "dog"}]}, "names category 2"),
     ({"images": [{"id": 1, "file_name": "../x.jpg", "height": 8, "width": 8}],
-      "annotations": [], "categories": []}, "not a name inside the image folder"),
+      "annotations": [], "categories": [{"id": 1, "name": "dog"}]},
+     "not a name inside the image folder"),
+    ({"images": [], "annotations": [], "categories": []}, "'categories' is empty"),
+    ({"images": [{"id": 4, "file_name": "a.jpg", "height": 8, "width": 8},
+                 {"id": 4, "file_name": "b.jpg", "height": 8, "width": 8}],
+      "annotations": [], "categories": [{"id": 1, "name": "dog"}]},
+     "images 'a.jpg' and 'b.jpg' share the numeric id 4"),
 ])
 def test_broken_annotation_files_are_errors(tmp_path: Path, content: object,
                                             message: str) -> None:
@@ -272,3 +278,25 @@ def test_folders_made_before_the_coco_options_keep_their_recipe(tiny_voc: Path) 
     assert recipe_differences(now, before) == []
     other = {**now, "dataset": {**now["dataset"], "coco_classes": "voc", "split": "val"}}
     assert recipe_differences(other, before) == ["dataset.coco_classes", "dataset.split"]
+
+
+@pytest.mark.parametrize("polygon", [[[1, 2]], [[1, 2, 3, 4]], [[0, 0, 1e9, 0, 1e9, 1e9]],
+                                     [[0, 0, "x", 0, 5, 5]], [[0, 0, float("nan"), 0, 5, 5]]])
+def test_a_degenerate_polygon_is_a_counted_warning_in_every_worker(
+        coco: Path, tmp_path: Path, polygon: list) -> None:
+    """Fewer than 3 points made pycocotools raise; 1e9 made it crash the process (and an eval
+    with --workers 2 wait for the dead worker forever)."""
+    data = json.loads(coco.read_text())
+    bad = next(a for a in data["annotations"] if a["image_id"] == 10)
+    bad["segmentation"] = polygon
+    broken = tmp_path / "instances_train2014.json"
+    broken.write_text(json.dumps(data, allow_nan=True))
+    perfect = _predictions(tmp_path / "perfect", coco)
+    for workers in ("1", "2"):
+        out = tmp_path / f"report-{workers}.json"
+        result = igcam("eval", "--pred", perfect, "--coco", broken, "--coco-images",
+                       coco.parent.parent / "train2014", "--workers", workers, "--out", out)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(out.read_text())["report"]
+        assert report["missing_or_failed"] == 1 and "polygon" in report["problems"][0]
+        assert _name(10) in report["problems"][0]

@@ -5,6 +5,7 @@ in the process that runs it."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass, replace
@@ -178,6 +179,29 @@ def test_a_refiner_is_set_up_once_in_each_process_that_runs_it(
         assert setups == [str(os.getpid())]
     else:
         assert str(os.getpid()) not in setups  # the workers set it up, not the main process
+
+
+class Crash(Refiner):
+    """Dies as a crash in a native library (or the out-of-memory killer) kills a worker."""
+
+    name = "crash"
+
+    def __call__(self, maps: Maps) -> Maps:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return maps
+
+
+def test_a_worker_that_dies_is_one_error_not_a_step_that_waits_forever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REFINERS, "crash", Crash)
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    for index in range(3):
+        write_cam(cams / f"{index}.npz", np.array([0]), np.ones((1, 8, 8), np.float16),
+                  np.array([0.9]), tmp_path / f"{index}.png")
+    with pytest.raises(IgcamError, match="a worker process died"):
+        refine(RefineConfig(run=tmp_path / "run", cams=cams, method="crash", threshold=0.4,
+                            workers=2, io_workers=0))
 
 
 def test_run_parses_method_and_refiner_options(tmp_path: Path,

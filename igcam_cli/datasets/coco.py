@@ -87,6 +87,8 @@ def _read_index(path: Path, stamp: tuple[int, int]) -> CocoIndex:
                 or not isinstance(entry.get("name"), str):
             raise IgcamError(f"{path}: a category without an integer 'id' and a 'name'")
         categories[entry["id"]] = entry["name"]
+    if not categories:
+        raise IgcamError(f"{path}: 'categories' is empty: a dataset needs at least one class")
     by_image: dict[int, list[dict[str, Any]]] = {}
     for entry in data["annotations"]:
         if not isinstance(entry, dict) or not _ints(entry, ("image_id", "category_id")):
@@ -97,7 +99,7 @@ def _read_index(path: Path, stamp: tuple[int, int]) -> CocoIndex:
                              f"{entry['category_id']}, which 'categories' does not list")
         by_image.setdefault(entry["image_id"], []).append(
             {k: entry.get(k) for k in ("category_id", "iscrowd", "segmentation")})
-    images, seen = [], {}
+    images, seen, names = [], {}, {}
     for entry in data["images"]:
         if not isinstance(entry, dict) or not _ints(entry, ("id", "height", "width")) \
                 or not isinstance(entry.get("file_name"), str):
@@ -111,7 +113,10 @@ def _read_index(path: Path, stamp: tuple[int, int]) -> CocoIndex:
         if image_id in seen:
             raise IgcamError(f"{path}: images {seen[image_id]} and {entry['id']} share the "
                              f"id {image_id!r}")
-        seen[image_id] = entry["id"]
+        if entry["id"] in names:  # its annotations and ground truth would go to both
+            raise IgcamError(f"{path}: images {names[entry['id']]!r} and {name!r} share the "
+                             f"numeric id {entry['id']}")
+        seen[image_id], names[entry["id"]] = entry["id"], name
         images.append(CocoImage(image_id, name, entry["height"], entry["width"],
                                 tuple(by_image.get(entry["id"], ()))))
     unknown = set(by_image) - {entry["id"] for entry in data["images"]}
@@ -155,12 +160,27 @@ def category_classes(index: CocoIndex, spec: DatasetSpec,
     return {cid: lookup[name.lower()] for cid, name in named.items() if name.lower() in lookup}
 
 
+def _check_polygons(polygons: list[Any], height: int, width: int) -> None:
+    """Polygons pycocotools can draw: lists of at least 3 finite x, y pairs near the image.
+    Given fewer points it raises; given coordinates of 1e9 it crashes the process."""
+    reach = 4 * max(height, width)  # a labelling tool's overshoot, not a runaway point
+    for polygon in polygons:
+        if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 \
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           for v in polygon):
+            raise ImageProblem("a polygon that is not at least 3 x, y points")
+        values = np.asarray(polygon, np.float64)
+        if not np.isfinite(values).all() or np.abs(values).max() > reach:
+            raise ImageProblem(f"a polygon point far outside the {width}x{height} image")
+
+
 def _decode(segmentation: Any, height: int, width: int) -> np.ndarray:
     """One annotation's (H, W) uint8 mask from its polygons, RLE or compressed RLE."""
     from pycocotools import mask as coco_mask
 
     try:
         if isinstance(segmentation, list):  # polygons
+            _check_polygons(segmentation, height, width)
             rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
         elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
             rle = coco_mask.frPyObjects(segmentation, height, width)

@@ -10,9 +10,9 @@ are drawn from the annotations as each image is scored), which is how ``igcam ru
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import multiprocessing
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from igcam_cli.images import IGNORE, read_label_map
 from igcam_cli.masks import peak_labels
 from igcam_cli.metrics import confusion, missing_confusion, scores
 from igcam_cli.options import option
-from igcam_cli.runner import console, track
+from igcam_cli.runner import console, in_processes, track
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,13 @@ def _worker_confusions(image_id: str) -> tuple[list[np.ndarray], str | None]:
 
 def _image_confusions(image_id: str, config: EvalConfig, truth: GroundTruth, n: int,
                       thresholds: list[float]) -> tuple[list[np.ndarray], str | None]:
-    """Confusion matrices of one image (one per threshold for CAMs) and a problem, if any."""
-    gt = truth.read(image_id)
+    """Confusion matrices of one image (one per threshold for CAMs) and a problem, if any.
+    An image whose ground truth cannot be drawn (a degenerate annotation) is not scored."""
+    try:
+        gt = truth.read(image_id)
+    except ImageProblem as problem:
+        nothing = missing_confusion(np.zeros(0, np.uint8), n)  # no pixel counted
+        return [nothing] * len(thresholds), f"{problem}; not scored"
     top = int(gt[gt != IGNORE].max(initial=0))
     if top >= n:
         raise IgcamError(f"{truth.where(image_id)} has class {top} but only {n - 1} classes "
@@ -195,22 +200,19 @@ def evaluate(config: EvalConfig) -> dict:
     total = [np.zeros((n, n + 2), dtype=np.int64) for _ in thresholds]
     problems: list[str] = []
     if config.workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(
-            config.workers, _start_worker, (config, gt, n, thresholds))
-        results = pool.imap(_worker_confusions, ids, chunksize=4)
+        results = in_processes(_worker_confusions, ids, config.workers, _start_worker,
+                               (config, gt, n, thresholds))
     else:
-        pool = None
-        results = map(functools.partial(_image_confusions, config=config, truth=gt, n=n,
-                                        thresholds=thresholds), ids)
-    try:
-        for matrices, problem in track(results, len(ids), "eval"):
+        one = functools.partial(_image_confusions, config=config, truth=gt, n=n,
+                                thresholds=thresholds)
+        results = (one(image_id) for image_id in ids)
+    with contextlib.closing(results), contextlib.closing(track(results, len(ids), "eval")) \
+            as tracked:
+        for matrices, problem in tracked:
             for acc, matrix in zip(total, matrices, strict=True):
                 acc += matrix
             if problem:
                 problems.append(problem)
-    finally:
-        if pool is not None:
-            pool.close()
     sweep = [scores(m, config.ignore_uncertain).miou for m in total]
     best = int(np.argmax(sweep))
     result = scores(total[best], config.ignore_uncertain)
