@@ -26,6 +26,7 @@ from rich.progress import (
 
 from igcam_cli import options
 from igcam_cli.artifacts import (
+    Claim,
     RunDir,
     Shard,
     StepRecord,
@@ -414,6 +415,8 @@ class ImageStep:
         remove_stale_temps(self.out)
         self.record = StepRecord(name, jsonable(asdict(config)))
         self.defaults = option_defaults(type(config))
+        self.claim: Claim | None = None
+        self.redo = False  # the folder held another recipe's outputs: this shard's go first
 
     def problems(self, problems: list[str]) -> None:
         """Record the dataset's per-image problems (found while listing it) as failures."""
@@ -423,29 +426,38 @@ class ImageStep:
         return self.shard.select(samples)
 
     def check_recipe(self, overwrite: bool) -> None:
-        """Refuse to mix outputs made with other options (or inputs) in one folder.
+        """Claim the folder, then refuse to mix outputs made with other options in it.
 
         The recipe is the config without the options that change no output, plus the hashes
-        of the inputs (the classifier); it goes into the manifest. A folder whose manifests
-        name another recipe is redone under ``--overwrite`` (their manifests removed), else
-        refused: skipping its files as "already done" would make the manifest describe files
-        that were made otherwise.
+        of the inputs (the classifier); it goes into the manifest. The claim
+        (``artifacts.Claim``) keeps a second writer out and records this run's recipe before
+        any file is removed or written, so a stopped run's recipe counts as the folder's too.
+        A folder made with another recipe is redone under ``--overwrite`` (the other
+        manifests and stopped claims removed), else refused: skipping its files as "already
+        done" would make the manifest describe files that were made otherwise.
         """
-        if "recipe" in self.record.extra:
+        if self.claim is not None:
             return
+        self.claim = Claim(self.out, self.shard, self.name)
         recipe = self.record.extra["recipe"] = recipe_of(self.record)
         made = recipes(self.out)
         differs = sorted({key for other in made.values() if other is not None
                           for key in recipe_differences(recipe, other, self.defaults)})
-        if not differs:
-            return
-        if not overwrite:
+        if differs and not overwrite:
+            self.claim.release()
+            self.claim = None
             raise IgcamError(f"{self.out} holds {self.name} outputs made with another "
                              f"{', '.join(differs)}: pass --overwrite to redo them, or another "
                              "--out")
+        self.redo = bool(differs) or bool((self.claim.previous or {}).get("clearing"))
+        self.claim.mark(recipe, clearing=self.redo)
         for path, other in made.items():
-            if other is not None and other != recipe:
+            if other is not None and other != recipe and path != self.claim.path:
                 path.unlink(missing_ok=True)
+
+    def __del__(self) -> None:  # a step that stopped between its claim and finish()
+        if getattr(self, "claim", None) is not None:
+            self.claim.release()
 
     def run(self, samples: list[Sample], work: ImageWork, output: Callable[[Sample], Path], *,
             overwrite: bool, strict: bool, workers: int = 1,
@@ -453,9 +465,20 @@ class ImageStep:
             ) -> None:
         """:func:`run_per_image` over the shard's ``samples``, after the recipe check."""
         self.check_recipe(overwrite)
-        run_per_image(samples, work, output, self.record, overwrite=overwrite, strict=strict,
-                      workers=workers, io_workers=io_workers,
-                      description=description or self.name)
+        try:
+            if self.redo:  # no file of the other recipe may pass for done if this run stops
+                assert self.claim is not None, "check_recipe claimed the folder"
+                for sample in samples:
+                    output(sample).unlink(missing_ok=True)
+                self.claim.mark(self.record.extra["recipe"])
+            run_per_image(samples, work, output, self.record, overwrite=overwrite,
+                          strict=strict, workers=workers, io_workers=io_workers,
+                          description=description or self.name)
+        except BaseException:  # the recipe stays in the claim: the folder is unfinished
+            if self.claim is not None:
+                self.claim.release()
+                self.claim = None
+            raise
 
     def finish(self, written: str = "written", extra: str = "") -> Path:
         """Save the manifest and print ``NAME: N written, M already done, K failed -> OUT``.
@@ -465,6 +488,9 @@ class ImageStep:
         own work still stands and the reason is a warning.
         """
         manifest = self.record.save(self.out, self.shard)
+        if self.claim is not None:
+            self.claim.done()
+            self.claim = None
         counts = self.record.counts
         console.print(f"{self.name}: {counts.get('processed', 0)} {written}, "
                       f"{counts.get('skipped_done', 0)} already done, "

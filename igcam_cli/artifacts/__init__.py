@@ -8,12 +8,15 @@ artifact, its keys and dtypes), by concern:
 - :mod:`~igcam_cli.artifacts.io`: atomic writes, temporary files, every artifact's reader and
   writer, checkpoints, hashing.
 - :mod:`~igcam_cli.artifacts.shards`: ``--shard I/N`` and merging shard manifests.
+- :mod:`~igcam_cli.artifacts.claims`: a per-image step's claim on its folder (one writer, and
+  the recipe of an unfinished run).
 - :mod:`~igcam_cli.artifacts.manifests`: ``StepRecord``, reading manifests back
   (:func:`read_manifest`, :func:`made_by`) and comparing recipes.
 
 Steps and parts import from here; no step builds a path or parses a file another step wrote.
 """
 
+from igcam_cli.artifacts.claims import Claim, read_claim
 from igcam_cli.artifacts.io import (
     FILE_MODE,
     STALE_ELSEWHERE_S,
@@ -86,10 +89,11 @@ __all__ = [
     "AFFINITY_FILE", "CLASSIFIER_FILE", "DEFAULT_REFINER", "FILE_MODE", "MANIFEST_FILE",
     "MAPS_DIR", "METRICS_FILE", "NO_OUTPUT_EFFECT", "PLAIN_CAM", "PROTOTYPES_FILE",
     "REPORT_FILE", "SCORES_FILE", "SHARD_MANIFEST", "SOLUTION_FILE", "STALE_ELSEWHERE_S",
-    "STEP_NAME", "TMP_PREFIX", "MadeBy", "RunDir", "Shard", "StepRecord", "atomic_write",
+    "STEP_NAME", "TMP_PREFIX", "Claim", "MadeBy", "RunDir", "Shard", "StepRecord", "atomic_write",
     "enlarge", "ensure_dir", "finished_manifests", "fingerprint", "influence_maps", "jsonable",
     "made_by", "merge_finished_shards", "merge_shards", "option_defaults", "package_versions",
-    "ran_in", "read_cam", "read_checkpoint", "read_influence_map", "read_json", "read_manifest",
+    "ran_in", "read_cam", "read_checkpoint", "read_claim", "read_influence_map", "read_json",
+    "read_manifest",
     "read_npz", "read_proposals", "read_prototypes", "read_scores", "replaceable", "read_torch",
     "recipe_differences", "recipe_of", "recipes", "recorded_path", "remove_stale_temps",
     "shard_manifests", "sha256_file", "write_bytes", "write_cam", "write_image",

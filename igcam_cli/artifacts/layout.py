@@ -36,6 +36,9 @@ DEMO_DATA_DIR = "data"  # RUN/data/: igcam demo's generated dataset
 REPORT_FILE = "report.html"  # RUN/: igcam report's page, beside its folder RUN/report/
 MANIFEST_FILE = "manifest.json"  # every step folder; manifest.shard-I-of-N.json per shard
 SHARD_MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
+# Every per-image step folder while a run (or a shard's) writes it, and after one was stopped:
+# unfinished.json or unfinished.shard-I-of-N.json, the claim of artifacts/claims.py.
+UNFINISHED_FILE = "unfinished.json"
 # What a folder holds by its name: RUN/cam and RUN/cam-<method>; RUN/refine and refine-<x>.
 KINDS = {"cam": "cams", "refine": "masks"}
 
@@ -205,6 +208,17 @@ class RunDir:
             if (match := SHARD_MANIFEST.fullmatch(path.name)) is not None:
                 found.setdefault(int(match[2]), {})[int(match[1])] = path
         return found
+
+    @staticmethod
+    def unfinished(folder: Path, index: int = 0, count: int = 1) -> Path:
+        """The claim of the run (or shard ``index`` of ``count``) writing ``folder``."""
+        return folder / (UNFINISHED_FILE if count == 1
+                         else f"unfinished.shard-{index}-of-{count}.json")
+
+    @staticmethod
+    def unfinished_claims(folder: Path) -> list[Path]:
+        """Every claim in ``folder``: runs writing it now, or stopped before they finished."""
+        return sorted(folder.glob("unfinished*.json"))
 
     @staticmethod
     def manifests(folder: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from igcam_cli.artifacts.claims import read_claim
 from igcam_cli.artifacts.io import jsonable, package_versions, read_json, write_json
 from igcam_cli.artifacts.layout import RunDir
 from igcam_cli.artifacts.shards import Shard
@@ -78,8 +79,9 @@ def read_manifest(folder: Path, unfinished_if_damaged: bool = False) -> dict[str
     trust nor silently redo a folder it cannot read the record of; ``unfinished_if_damaged``
     makes it None instead, for a caller that redoes the folder anyway (lpcam's prototypes)."""
     path = RunDir.manifest(folder)
-    if not path.is_file():
-        return None
+    if not path.is_file() or any(read_claim(c) is not None
+                                 for c in RunDir.unfinished_claims(folder)):
+        return None  # a run writes the folder now, or one stopped before it finished
     try:
         manifest = read_json(path, "manifest", DAMAGED)
     except IgcamError:
@@ -202,9 +204,13 @@ def recipe_of(record: StepRecord, also_exempt: frozenset[str] = frozenset()) -> 
 
 def recipes(folder: Path) -> dict[Path, Any]:
     """The recipe of every manifest in ``folder`` (whole or a shard's; None in one written
-    before recipes), by file."""
-    return {path: read_json(path, "manifest", DAMAGED).get("recipe")
+    before recipes) and of every run's claim on it (running, or stopped), by file."""
+    made = {path: read_json(path, "manifest", DAMAGED).get("recipe")
             for path in RunDir.manifests(folder)}
+    for path in RunDir.unfinished_claims(folder):
+        if (claim := read_claim(path)) is not None:
+            made[path] = claim.get("recipe")
+    return made
 
 
 def option_defaults(config_type: type) -> dict[str, Any]:
