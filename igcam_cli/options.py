@@ -159,6 +159,6 @@ def parse_chain(spec: str, registry: Mapping[str, object], plain: str) -> list[s
     names = [n.strip() for n in spec.split("+") if n.strip() and n.strip() != plain]
     unknown = [n for n in names if n not in registry]
     if unknown or (not names and spec.strip() != plain):
-        raise IgcamError(f"--method must be {plain}, one of {', '.join(registry)}, or several "
-                         f"joined by '+', got {spec!r}")
+        raise IgcamError(f"--method must be {plain} or one of these, or several of them joined "
+                         f"by '+': {', '.join(registry)}; got {spec!r}")
     return names

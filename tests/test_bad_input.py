@@ -288,3 +288,14 @@ def test_a_loss_that_is_no_longer_a_number_stops_training(
     folder = RunDir(run).train_cls()
     assert not RunDir(run).classifier().exists()
     assert [p.name for p in RunDir.epochs(folder)] == ["epoch-001.pt"]
+
+
+def test_a_refused_dataset_leaves_no_step_folder_behind(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    one_line_error(igcam("train-cls", "--run", run, "--voc", tmp_path / "nowhere"), "nowhere")
+    assert not RunDir(run).train_cls().exists()
+
+
+def test_an_unknown_method_lists_the_methods_plainly(tmp_path: Path) -> None:
+    one_line_error(igcam("cam", "--run", tmp_path, "--method", "gradcam"),
+                   "--method must be cam or one of these", "lpcam", "got 'gradcam'")

@@ -233,8 +233,7 @@ def train_cls(config: TrainConfig) -> Path:
     world.per_rank_batch(config.batch_size)  # before the data is read: a wrong split fails fast
     stage = STAGES[config.stage](config, config.stage_options.get(config.stage))
     run = RunDir(config.run)
-    out = ensure_dir(run.train_cls(stage.folder))
-    remove_stale_temps(out)
+    out = run.train_cls(stage.folder)  # made once the data is known good: no empty folder
     final = run.classifier(stage.folder)
     # The manifest records the options of the stage that ran, not of every one registered.
     record = StepRecord("train-cls", jsonable(asdict(replace(
@@ -249,6 +248,7 @@ def train_cls(config: TrainConfig) -> Path:
     samples = [sample for sample, _ in readable(dataset.labelled(), record, config.strict)]
     if not samples:
         raise IgcamError("train-cls needs images with labels; none found in the dataset")
+    remove_stale_temps(ensure_dir(out))
     epochs = config.epochs or auto_epochs(len(samples))
     batch_size = min(config.batch_size, len(samples))
     if batch_size % world.size:
