@@ -487,7 +487,7 @@ class ImageStep:
         ``manifest.json`` (``artifacts.merge_shards``); if they cannot be merged, the shard's
         own work still stands and the reason is a warning.
         """
-        manifest = self.record.save(self.out, self.shard)
+        manifest = self.record.save_work(self.out, self.shard)
         if self.claim is not None:
             self.claim.done()
             self.claim = None

@@ -86,3 +86,18 @@ def test_a_redo_stopped_half_way_never_passes_for_done(
     assert "2 already done" in result.stderr
     assert json.loads(RunDir.manifest(out).read_text())["recipe"]["threshold"] == 0.4
     assert not RunDir.unfinished_claims(out)
+
+
+def test_a_rerun_that_only_skips_keeps_the_manifest_of_the_work(cams: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "masks"
+    ok(_refine(cams, out, 0.4))
+    first = json.loads(RunDir.manifest(out).read_text())
+    result = ok(_refine(cams, out, 0.4))
+    assert f"{IMAGES} already done" in result.stderr
+    again = json.loads(RunDir.manifest(out).read_text())
+    assert again == first and again["counts"]["processed"] == IMAGES
+    (out / "0.png").unlink()  # one image redone: the manifest is this run's again
+    ok(_refine(cams, out, 0.4))
+    redone = json.loads(RunDir.manifest(out).read_text())
+    assert redone["counts"] == {"processed": 1, "skipped_done": IMAGES - 1}
