@@ -299,3 +299,21 @@ def test_a_refused_dataset_leaves_no_step_folder_behind(tmp_path: Path) -> None:
 def test_an_unknown_method_lists_the_methods_plainly(tmp_path: Path) -> None:
     one_line_error(igcam("cam", "--run", tmp_path, "--method", "gradcam"),
                    "--method must be cam or one of these", "lpcam", "got 'gradcam'")
+
+
+def test_images_left_without_a_class_are_counted_and_said(own_run: Path, tiny_voc: Path,
+                                                          tmp_path: Path) -> None:
+    """New photos without labels and a classifier unsure of them: empty CAM files and
+    all-background masks, which used to pass as "3 written"."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(3):
+        shutil.copy(tiny_voc / "JPEGImages" / f"demo_{index:04d}.jpg", photos)
+    result = igcam("cam", "--run", own_run, "--images", photos, "--classes",
+                   tiny_voc / "classes.txt", "--scales", "1.0", "--score-threshold", "1.0",
+                   "--out", own_run / "cam-new")
+    assert result.returncode == 0, result.stderr
+    assert "warning: 3 of 3 images: no class scored --score-threshold 1.0" in result.stderr
+    manifest = json.loads(RunDir.manifest(own_run / "cam-new").read_text())
+    assert manifest["counts"]["no_class"] == 3
+    assert any("masks will be all background" in w for w in manifest["warnings"])

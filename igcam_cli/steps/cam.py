@@ -25,7 +25,7 @@ import torch
 from igcam_cli import distributed, options
 from igcam_cli.artifacts import RunDir, fingerprint, sha256_file, write_cam
 from igcam_cli.datasets import Sample, load_dataset
-from igcam_cli.errors import IgcamError
+from igcam_cli.errors import IgcamError, print_warning
 from igcam_cli.images import image_size, read_image
 from igcam_cli.methods import Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import LevelFusionOptions, base_cams
@@ -49,7 +49,8 @@ class CamConfig(ClassifierStepConfig):
     use_labels: bool = option(
         True, "Use the image-level labels when known (else the predicted classes).")
     score_threshold: float = option(
-        0.5, "Class probability above which an unlabelled image gets a CAM for a class.")
+        0.5, "Class probability above which an unlabelled image gets a CAM for a class.",
+        min=0, max=1)
     method: str = option(
         "cam", "cam: multi-scale CAM. " + method_help() + " With a classifier trained with "
                "--fpn, every method starts from the fused CAMs of its pyramid levels "
@@ -130,6 +131,8 @@ def cam(config: CamConfig) -> Path:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
+    unclassed: list[float] = []  # best score of each predicted image left without a class
+
     def keep(sample: Sample, probs: torch.Tensor) -> list[int]:
         """The classes an image gets maps for: its labels, else the confident predictions."""
         if config.use_labels and sample.labels is not None:
@@ -149,6 +152,8 @@ def cam(config: CamConfig) -> Path:
         """The methods' maps of one image from its base CAMs, at the image's size."""
         if image.shape[1:] != size:
             step.record.count("downscaled")
+        if not classes and not (config.use_labels and sample.labels is not None):
+            unclassed.append(float(probs.max()) if len(probs) else 0.0)
         maps = chain(sample, image, normalise(cams), classes)
         if maps.shape[1:] != size:  # processed shrunk: maps at the image's size
             maps = (resize(maps[None].float(), size)[0] if len(maps)
@@ -171,6 +176,14 @@ def cam(config: CamConfig) -> Path:
                      batch=config.batch_images)
     step.run(samples, work, lambda s: RunDir.image_maps(step.out, s.id),
              overwrite=config.overwrite, strict=config.strict, io_workers=config.io_workers)
+    if unclassed:  # an empty CAM file is a valid output, but rarely the one wanted
+        step.record.count("no_class", len(unclassed))
+        message = (f"{len(unclassed)} of {step.record.counts.get('processed', 0)} images: no "
+                   f"class scored --score-threshold {config.score_threshold} or more (best "
+                   f"{max(unclassed):.2f}); their maps are empty and their masks will be all "
+                   "background")
+        step.record.warn(message)
+        print_warning(message)
     return step.finish()
 
 
