@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
+import os
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -19,6 +21,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -51,15 +54,66 @@ R = TypeVar("R")  # what it computes
 
 
 def progress_bar(*extra_columns: TextColumn, disable: bool = False) -> Progress:
-    """A rich progress bar on stderr, so stdout stays clean for pipelines.
-
-    Off a terminal (cluster logs) rich draws nothing while running and one final line at the
-    end, so logs get a summary rather than thousands of redraws. ``disable`` hides it (the
-    torchrun processes of one training other than rank 0).
-    """
+    """Progress on stderr, so stdout stays clean for pipelines: rich's bars on a terminal;
+    elsewhere (``> log 2>&1``, Slurm, nohup) :class:`LogLines`, so that ``tail -f`` shows a
+    live job. ``disable`` hides it (the torchrun processes of one training but rank 0)."""
+    if not disable and not console.is_terminal:
+        return LogLines(interval=float(os.environ.get("IGCAM_LOG_SECONDS", LOG_SECONDS)))
     return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                     MofNCompleteColumn(), *extra_columns, TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, disable=disable)
+
+
+LOG_SECONDS = 30.0  # between two progress lines in a log ($IGCAM_LOG_SECONDS)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+class LogLines(Progress):
+    """Progress as plain lines, for a log: one every ``interval`` seconds while a task runs
+    and one when it ends (none for a task hidden on an error), each with the count, the rate,
+    the time left and the task's number fields (the training loss)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(console=console, disable=True, auto_refresh=False)
+        self.interval = interval
+        self._logged: dict[TaskID, float] = {}
+
+    def add_task(self, description: str, start: bool = True, total: float | None = 100.0,
+                 completed: int = 0, visible: bool = True, **fields: Any) -> TaskID:
+        task = super().add_task(description, start, total, completed, visible, **fields)
+        self._logged[task] = time.monotonic()
+        return task
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if time.monotonic() - self._logged[task_id] >= self.interval:
+            self._line(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            if task.visible:
+                self._line(task.id)
+        super().stop()
+
+    def _line(self, task_id: TaskID) -> None:
+        self._logged[task_id] = time.monotonic()
+        task = self._tasks[task_id]
+        done = f"{task.completed:g}/{task.total:g}" if task.total else f"{task.completed:g}"
+        share = f" ({100 * task.completed / task.total:.0f}%)" if task.total else ""
+        rate = f", {task.speed:.2f}/s" if task.speed else ""
+        extra = "".join(f", {name} {value:.4f}" for name, value in task.fields.items()
+                        if isinstance(value, float))
+        console.print(f"{task.description}: {done}{share}, {_clock(task.elapsed)} elapsed"
+                      f"{rate}, {_clock(task.time_remaining)} left{extra}", highlight=False)
 
 
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
