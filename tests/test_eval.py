@@ -13,7 +13,7 @@ import pytest
 from harness import igcam, one_line_error
 from PIL import Image
 
-from igcam_cli.artifacts import write_cam
+from igcam_cli.artifacts import StepRecord, write_cam
 from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.errors import IgcamError
 from igcam_cli.report.plots import per_class
@@ -193,3 +193,19 @@ def test_class_names_and_paths_print_as_they_are(tiny_voc: Path, noisy_cams: Pat
     assert "price $^$ [red]disc[/]" in svg.replace("&lt;", "<").replace("&gt;", ">")
     missing = tmp_path / "a[/]b[red]"
     one_line_error(igcam("eval", "--cams", missing, "--voc", tiny_voc), str(missing))
+
+
+def test_cams_of_another_class_list_are_refused(tiny_voc: Path, noisy_cams: Path,
+                                                tmp_path: Path) -> None:
+    """CAMs of a 3-class classifier scored against 5 classes: ids 0-2 would mean other
+    classes, and the scores would look plausible."""
+    cams = tmp_path / "cams"
+    shutil.copytree(noisy_cams, cams)
+    record = StepRecord("cam", {})
+    record.inputs = {"class_names": ["cat", "dog", "person"]}
+    record.save(cams)
+    one_line_error(igcam("eval", "--cams", cams, "--voc", tiny_voc), "CAMs of 3 classes",
+                   "the ground truth has 5")
+    record.inputs = {"class_names": (tiny_voc / "classes.txt").read_text().split()}
+    record.save(cams)
+    assert igcam("eval", "--cams", cams, "--voc", tiny_voc).returncode == 0

@@ -205,7 +205,8 @@ class RunDir:
         """The shard manifests in ``folder``: for each split N, shard index -> file."""
         found: dict[int, dict[int, Path]] = {}
         for path in folder.glob("manifest.shard-*-of-*.json"):
-            if (match := SHARD_MANIFEST.fullmatch(path.name)) is not None:
+            match = SHARD_MANIFEST.fullmatch(path.name)
+            if match is not None and 0 <= int(match[1]) < int(match[2]):  # not -of-0, 5-of-2
                 found.setdefault(int(match[2]), {})[int(match[1])] = path
         return found
 

@@ -7,6 +7,7 @@ outputs; the last one to finish, or ``igcam merge-shards``, merges them into the
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,17 +72,23 @@ def merge_shards(folder: Path) -> Path:
                          f"{', of '.join(map(str, sorted(splits)))}): delete those of the "
                          "split that is not current")
     ((count, paths),) = splits.items()
-    missing = [f"{index}/{count}" for index in range(count) if index not in paths]
-    if missing:
-        raise IgcamError(f"{folder}: shard{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(missing)} missing (no manifest.shard-I-of-{count}.json): "
-                         "run them, then merge again")
+    if len(paths) < count:  # never a list as long as a count read from a file name
+        missing = itertools.islice((i for i in range(count) if i not in paths), 3)
+        raise IgcamError(f"{folder}: {count - len(paths)} of {count} shards missing, e.g. "
+                         f"{', '.join(f'{i}/{count}' for i in missing)} (no "
+                         f"manifest.shard-I-of-{count}.json): run them, then merge again")
     manifests = [read_json(paths[index], "shard manifest", "rerun that shard")
                  for index in range(count)]
     for index, manifest in enumerate(manifests):
         if not manifest.get("complete"):
             raise IgcamError(f"shard manifest {paths[index]} is not a finished step's: rerun "
                              "that shard")
+        counts, timings = manifest.get("counts") or {}, manifest.get("timings") or {}
+        if not isinstance(counts, dict) or not isinstance(timings, dict) \
+                or not all(isinstance(v, int) for v in counts.values()) \
+                or not isinstance(timings.get("total_s", 0.0), int | float):
+            raise IgcamError(f"shard manifest {paths[index]} is damaged (counts or timings "
+                             "that are not numbers): rerun that shard")
     first = manifests[0]
     for index, manifest in enumerate(manifests[1:], start=1):
         if manifest.get("step") != first.get("step") or \

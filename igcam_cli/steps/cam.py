@@ -118,7 +118,8 @@ def cam(config: CamConfig) -> Path:
     samples = step.select(dataset.samples)
     step.record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),
                           "checkpoint_sha256": sha256_file(checkpoint),
-                          "images_fingerprint": fingerprint(s.id for s in samples)}
+                          "images_fingerprint": fingerprint(s.id for s in samples),
+                          "class_names": list(dataset.class_names)}  # what eval checks
 
     def load(sample: Sample) -> tuple[torch.Tensor, tuple[int, int]]:
         image = to_tensor(read_image(sample.image, config.max_side or None))

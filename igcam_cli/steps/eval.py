@@ -21,7 +21,15 @@ import numpy as np
 from rich.table import Table
 
 from igcam_cli import options
-from igcam_cli.artifacts import RunDir, StepRecord, ensure_dir, jsonable, read_cam, replaceable
+from igcam_cli.artifacts import (
+    RunDir,
+    StepRecord,
+    ensure_dir,
+    jsonable,
+    read_cam,
+    read_manifest,
+    replaceable,
+)
 from igcam_cli.datasets import (
     DatasetFormat,
     DatasetSpec,
@@ -177,6 +185,22 @@ def _ids(config: EvalConfig, gt: GroundTruth, fmt: DatasetFormat | None, spec: D
     return ids
 
 
+def _check_classes(config: EvalConfig, names: list[str]) -> None:
+    """CAMs whose classifier knew other classes than the ground truth's would be scored as
+    the classes of the same numbers (person as aeroplane): refused. The CAM folder's manifest
+    says which classes its ids are; folders made before it said so (and masks, whose PNGs
+    carry numbers only) are taken as they are."""
+    folder = config.cams
+    made = read_manifest(folder) if folder is not None and folder.is_dir() else None
+    theirs = ((made or {}).get("inputs") or {}).get("class_names")
+    if isinstance(theirs, list) and [str(t).lower() for t in theirs] != [
+            n.lower() for n in names]:
+        raise IgcamError(f"{folder} holds CAMs of {len(theirs)} classes ({', '.join(theirs[:4])}"
+                         f"{', ...' if len(theirs) > 4 else ''}), the ground truth has "
+                         f"{len(names)} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                         "): pass the --classes (or dataset) they were made with")
+
+
 def evaluate(config: EvalConfig) -> dict:
     """Score the predictions; prints a table and returns (and optionally writes) the report."""
     if (config.pred is None) == (config.cams is None):
@@ -195,6 +219,7 @@ def evaluate(config: EvalConfig) -> dict:
                          "(e.g. --voc ROOT with SegmentationClass/, or --coco FILE)")
     names = ["background", *class_names(spec)]
     n = len(names)
+    _check_classes(config, names[1:])
     thresholds = parse_thresholds(config.thresholds) if config.cams is not None else [0.0]
     ids = _ids(config, gt, fmt, spec)
     total = [np.zeros((n, n + 2), dtype=np.int64) for _ in thresholds]
