@@ -317,3 +317,20 @@ def test_images_left_without_a_class_are_counted_and_said(own_run: Path, tiny_vo
     manifest = json.loads(RunDir.manifest(own_run / "cam-new").read_text())
     assert manifest["counts"]["no_class"] == 3
     assert any("masks will be all background" in w for w in manifest["warnings"])
+
+
+class _Evil:
+    def __reduce__(self):  # noqa: ANN204 - what a malicious checkpoint carries
+        return (print, ("code ran",))
+
+
+def test_a_weights_file_with_code_in_it_is_one_sanitised_line(
+        tiny_voc: Path, tmp_path: Path) -> None:
+    import torch
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": _Evil()}, evil)
+    result = igcam("train-cls", "--run", tmp_path / "run", "--voc", tiny_voc, "--backbone",
+                   "resnet50", "--weights", evil, "--epochs", "1")
+    one_line_error(result, "weights file", "holds more than tensors")
+    assert "weights_only" not in result.stderr and "code ran" not in result.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from igcam_cli.artifacts import sha256_file
+from igcam_cli.artifacts import read_torch, sha256_file
 from igcam_cli.errors import IgcamError
 
 MANIFEST = "weights_manifest.json"
@@ -52,10 +52,7 @@ def load_state_file(path: Path, backbone: str) -> dict[str, torch.Tensor]:
         if not sha256_file(path).startswith(entry["sha256"]):
             raise IgcamError(f"weights file {path}: SHA-256 does not match igcam's weights "
                              f"manifest ({MANIFEST}; corrupt or wrong download)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise IgcamError(f"weights file {path} cannot be loaded safely: {exc}") from None
+    state = read_torch(path, "weights file")  # one line; never torch's advice to unpickle
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
