@@ -31,6 +31,10 @@ def cams(tmp_path: Path) -> Path:
     return folder
 
 
+def _status(run: Path) -> dict:
+    return json.loads(ok(igcam("status", "--run", run, "--json")).stdout)
+
+
 def _refine(cams: Path, out: Path, threshold: float, *extra: str):
     return igcam("refine", "--run", cams.parent / "run", "--cams", cams, "--out", out,
                  "--method", "none", "--threshold", threshold, "--workers", 1, *extra)
@@ -53,12 +57,20 @@ def test_a_second_writer_is_refused_naming_the_first(cams: Path, tmp_path: Path)
         one_line_error(_refine(cams, out, 0.4), "is being written by another `igcam refine`",
                        f"pid {holder.pid}")
         assert not list(out.glob("*.png"))
+        state = _status(tmp_path)["masks"]
+        assert state["state"] == "running" and f"pid {holder.pid}" in state["detail"]
     finally:
         holder.communicate("", timeout=30)
     # The holder was killed before it finished: its recipe stays, so another is refused ...
     one_line_error(_refine(cams, out, 0.4), "made with another", "threshold")
+    assert _status(tmp_path)["masks"]["state"] == "stopped"
     ok(_refine(cams, out, 0.4, "--overwrite"))  # ... until redone
     assert read_manifest(out) is not None and not RunDir.unfinished_claims(out)
+    state = _status(tmp_path)["masks"]
+    assert state["state"] == "done" and state["counts"]["processed"] == IMAGES
+    assert state["files"] == IMAGES and _status(tmp_path)["cams"]["state"] == "no manifest"
+    table = ok(igcam("status", "--run", tmp_path)).stdout
+    assert "masks" in table and "done" in table and "processed 6" in table
 
 
 def test_a_redo_stopped_half_way_never_passes_for_done(

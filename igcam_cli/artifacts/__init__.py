@@ -16,7 +16,7 @@ artifact, its keys and dtypes), by concern:
 Steps and parts import from here; no step builds a path or parses a file another step wrote.
 """
 
-from igcam_cli.artifacts.claims import Claim, read_claim
+from igcam_cli.artifacts.claims import Claim, holder, read_claim
 from igcam_cli.artifacts.io import (
     FILE_MODE,
     STALE_ELSEWHERE_S,
@@ -89,8 +89,9 @@ __all__ = [
     "AFFINITY_FILE", "CLASSIFIER_FILE", "DEFAULT_REFINER", "FILE_MODE", "MANIFEST_FILE",
     "MAPS_DIR", "METRICS_FILE", "NO_OUTPUT_EFFECT", "PLAIN_CAM", "PROTOTYPES_FILE",
     "REPORT_FILE", "SCORES_FILE", "SHARD_MANIFEST", "SOLUTION_FILE", "STALE_ELSEWHERE_S",
-    "STEP_NAME", "TMP_PREFIX", "Claim", "MadeBy", "RunDir", "Shard", "StepRecord", "atomic_write",
-    "enlarge", "ensure_dir", "finished_manifests", "fingerprint", "influence_maps", "jsonable",
+    "STEP_NAME", "TMP_PREFIX", "Claim", "MadeBy", "RunDir", "Shard", "StepRecord",
+    "atomic_write", "enlarge", "ensure_dir", "finished_manifests", "fingerprint", "holder",
+    "influence_maps", "jsonable",
     "made_by", "merge_finished_shards", "merge_shards", "option_defaults", "package_versions",
     "ran_in", "read_cam", "read_checkpoint", "read_claim", "read_influence_map", "read_json",
     "read_manifest",

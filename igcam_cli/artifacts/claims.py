@@ -53,6 +53,22 @@ def read_claim(path: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+def holder(path: Path) -> dict[str, Any] | None:
+    """The content of a claim some process holds now (a step running); None if none does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _content(fd) or {}
+        return None
+    finally:
+        os.close(fd)
+
+
 class Claim:
     """This process's hold on a folder (or its shard of one); see the module's docstring."""
 

@@ -68,6 +68,10 @@ STEPS: dict[str, Step] = {
         "igcam_cli.steps.report:ReportConfig:report",
         "One HTML page about a run: settings, training curve, steps, every method's scores, "
         "charts and pictures (opens from disk)."),
+    "status": Step(
+        "igcam_cli.steps.status:StatusConfig:status",
+        "Where a run got to: every step folder done, running, stopped or in shards, with its "
+        "files, counts, time and warnings (--json for scripts)."),
     "merge-shards": Step(
         "igcam_cli.steps.merge_shards:MergeConfig:merge_shards",
         "One manifest.json for a folder (or every folder of a run) that --shard I/N processes "
