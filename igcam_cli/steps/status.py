@@ -31,8 +31,10 @@ class StatusConfig:
 
 
 def _files(folder: Path) -> int:
+    """Per-image files: of the folder's kind, or of either kind in a folder named otherwise."""
     kind = RunDir.kind(folder)
-    return len(RunDir.image_files(folder, kind)) if kind else len(RunDir.image_files(folder))
+    return sum(len(RunDir.image_files(folder, k)) for k in ((kind,) if kind else
+                                                            ("cams", "masks")))
 
 
 def folder_state(folder: Path) -> dict[str, Any]:
