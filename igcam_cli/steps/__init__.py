@@ -68,6 +68,10 @@ STEPS: dict[str, Step] = {
         "igcam_cli.steps.report:ReportConfig:report",
         "One HTML page about a run: settings, training curve, steps, every method's scores, "
         "charts and pictures (opens from disk)."),
+    "export": Step(
+        "igcam_cli.steps.export:ExportConfig:export",
+        "Masks in the formats other tools read: COCO JSON (per class, or instances from "
+        "connected components, RLE) or grayscale PNGs of the class ids."),
     "status": Step(
         "igcam_cli.steps.status:StatusConfig:status",
         "Where a run got to: every step folder done, running, stopped or in shards, with its "
