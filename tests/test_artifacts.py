@@ -86,8 +86,10 @@ def test_run_dir_names_every_derived_folder(tmp_path: Path) -> None:
     assert run.classifier("stage2") == tmp_path / "train-cls-stage2" / "classifier.pt"
     assert run.cam() == tmp_path / "cam" and run.cam("lpcam+igcam") == tmp_path / "cam-lpcam+igcam"
     assert run.eval_report("seed") == tmp_path / "eval" / "seed.json"
-    with pytest.raises(ValueError):
-        run.step("elsewhere")
+    assert run.step("fit-level") == tmp_path / "fit-level"  # a new step needs no list
+    for wrong in ("../elsewhere", "train_aff", "Cam", "", "cam/"):
+        with pytest.raises(ValueError):
+            run.step(wrong)
 
 
 def test_devices_resolve_or_fail_with_one_message() -> None:
