@@ -17,7 +17,7 @@ IGCAM=${IGCAM:-igcam}
 DEVICE=cpu
 SPLIT=$DATA/ImageSets/Segmentation/train.txt
 GT=$DATA/SegmentationClass
-SUB=$RUN/subset
+SUB=${SUB:-$RUN/subset}  # the 12-photo subset; a second version may name the first's
 mkdir -p "$RUN" "$SUB/ImageSets/Segmentation"
 [ -e "$SUB/JPEGImages" ] || ln -s "$(realpath "$DATA/JPEGImages")" "$SUB/JPEGImages"
 [ -e "$SUB/SegmentationClass" ] || ln -s "$(realpath "$GT")" "$SUB/SegmentationClass"

@@ -276,6 +276,11 @@ def test_worker_processes_write_what_the_threads_write(cam_run: Path, tiny_voc: 
 
 
 @pytest.mark.slow
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python installs its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path: Path) -> None:
     """SIGINT in the middle of the overlapped runner: the process ends at once on its one line
     with status 130 (no thread keeps it alive), every file is whole, and a rerun finishes the
@@ -286,9 +291,12 @@ def test_ctrl_c_stops_cam_promptly_with_whole_files(trained_run: Path, tmp_path:
     out = tmp_path / "cam"
     args = ("cam", "--run", trained_run, "--voc", data, "--scales", "1.0,2.0,3.0",
             "--device", "cpu", "--out", out)
+    # a job started in the background by a shell without job control inherits SIGINT ignored
+    # (as `nohup` and `cmd &` in scripts do); the user's Ctrl-C case is the default disposition
     process = subprocess.Popen(igcam_command(*args), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **PROCESS_ENV})
+                               env={**os.environ, **PROCESS_ENV},
+                               preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while len(list(out.glob("*.npz"))) < 3:
         assert process.poll() is None, "cam finished before it could be interrupted"
