@@ -26,11 +26,11 @@ from igcam_cli.runner import console, track
 @dataclass
 class ExportConfig:
     masks: Path = option(options.REQUIRED, "Mask folder (palette PNGs), e.g. RUN/refine.")
+    out: Path = option(options.REQUIRED, "Output: a .json file (coco, instances) or a folder "
+                                         "(index).")
     format: str = option("coco", "coco: one COCO annotation per image and class; instances: "
                                  "one per connected component; index: grayscale PNGs of the "
                                  "class ids.", choices=tuple(EXPORTS))
-    out: Path = option(options.REQUIRED, "Output: a .json file (coco, instances) or a folder "
-                                         "(index).")
     classes: Path | None = option(None, "Class list naming ids 1..C (default: the one the "
                                         "masks' CAMs were made with, else VOC's 20).")
     min_area: int = option(32, "instances: smallest component kept, in pixels.", min=1)
