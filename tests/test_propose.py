@@ -75,9 +75,11 @@ def test_rerun_skips_done_images_and_repeats_the_same_boxes(tiny_voc: Path,
     out = tmp_path / "propose"
     first = _run(tiny_voc, out, top=20)
     stamps = [p.stat().st_mtime_ns for p in sorted(out.glob("*.npz"))]
+    made = (out / "manifest.json").read_text()
     _run(tiny_voc, out, top=20)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"failed": 0, "skipped_done": 24}
+    # a rerun that only skipped keeps the manifest of the work that made the files
+    assert (out / "manifest.json").read_text() == made
+    assert json.loads(made)["counts"] == {"failed": 0, "skipped_done": 0, "processed": 24}
     assert stamps == [p.stat().st_mtime_ns for p in sorted(out.glob("*.npz"))]
     # Fresh worker processes, in another order, give the very same boxes and ranks.
     again = _run(tiny_voc, out, top=20, overwrite=True, workers=2)
