@@ -24,17 +24,18 @@ REQUIRED: Any = MISSING  # the default of an option that has none
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
            above: float | None = None, below: float | None = None,
            choices: tuple[str, ...] | None = None, flag: str | None = None,
-           short: str | None = None) -> Any:
+           short: str | None = None, panel: str | None = None) -> Any:
     """A dataclass field that is also a command-line option.
 
     Bounds (``min``/``max`` inclusive, ``above``/``below`` exclusive) and ``choices`` are
     declared once, here: the parser shows and enforces them, and :func:`check` enforces them
     for configs built in Python. ``flag`` overrides the option's name
     (``--head-bias/--no-head-bias``), ``short`` adds a one-letter alias, and ``REQUIRED``
-    makes the option one a user must give.
+    makes the option one a user must give. ``--help`` shows the help's first sentence, in
+    the ``panel`` named (default: the command's own options); ``igcam explain`` all of it.
     """
     metadata = {"help": help, "min": min, "max": max, "above": above, "below": below,
-                "choices": choices, "flag": flag, "short": short}
+                "choices": choices, "flag": flag, "short": short, "panel": panel}
     return field(default=default, metadata=metadata)
 
 
@@ -79,9 +80,11 @@ def check(config: Any, prefix: str = "") -> None:
                 raise IgcamError(f"{name} must be {_bounds(meta)}, got {item}")
 
 
-def nested(factory: type, prefix: str = "") -> Any:
-    """A field holding another options dataclass, whose options are flattened into this one's."""
-    return field(default_factory=factory, metadata={"prefix": prefix, "nested": True})
+def nested(factory: type, prefix: str = "", panel: str | None = None) -> Any:
+    """A field holding another options dataclass, whose options are flattened into this one's
+    (shown in ``panel`` unless they name their own)."""
+    return field(default_factory=factory,
+                 metadata={"prefix": prefix, "nested": True, "panel": panel})
 
 
 def comma_list(text: str, kind: type, option_name: str) -> tuple:
@@ -93,7 +96,11 @@ def comma_list(text: str, kind: type, option_name: str) -> tuple:
                          f"values, got {text!r}") from None
 
 
-# The options most steps share, so that their help reads the same everywhere.
+# The options most steps share, so that their help reads the same everywhere, and the
+# --help panels they are shown in.
+DATA = "Data"
+MACHINE = "Device and workers"
+RESUME = "Resume and errors"
 
 
 def run_dir() -> Any:
@@ -102,27 +109,27 @@ def run_dir() -> Any:
 
 
 def device() -> Any:
-    return option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
+    return option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", panel=MACHINE)
 
 
 def strict() -> Any:
     return option(False, "Stop at the first unreadable image instead of warning, skipping and "
-                         "counting it.")
+                         "counting it.", panel=RESUME)
 
 
 def overwrite() -> Any:
     return option(False, "Redo images whose output already exists (default: skip them, so "
-                         "reruns resume).")
+                         "reruns resume).", panel=RESUME)
 
 
 def shard() -> Any:
     return option(None, "I/N: process only every N-th image starting at I (0-based), for "
                         "cluster array jobs. Under torchrun each process takes "
-                        "RANK/WORLD_SIZE by itself (no --shard).")
+                        "RANK/WORLD_SIZE by itself (no --shard).", panel=MACHINE)
 
 
 def workers(default: int = 1) -> Any:
-    return option(default, "Worker processes for CPU-bound work.", min=1)
+    return option(default, "Worker processes for CPU-bound work.", min=1, panel=MACHINE)
 
 
 # Threads of --io-workers: on the 2-core development machine 2 gave the most CAM files per
@@ -133,7 +140,7 @@ DEFAULT_IO_WORKERS = 2
 def io_workers() -> Any:
     return option(DEFAULT_IO_WORKERS, "Threads that decode images ahead of the main thread's "
                   "work and compress and write outputs behind it (0: everything on the main "
-                  "thread, one image after the other).", min=0)
+                  "thread, one image after the other).", min=0, panel=MACHINE)
 
 
 def checkpoint() -> Any:

@@ -133,7 +133,7 @@ class DataStepConfig:
     """The options of every step that reads a dataset into a run directory."""
 
     run: Path = options.run_dir()
-    dataset: DatasetSpec = options.nested(DatasetSpec)
+    dataset: DatasetSpec = options.nested(DatasetSpec, panel=options.DATA)
 
 
 @dataclass

@@ -171,8 +171,8 @@ def test_bad_inputs_under_torchrun_are_one_line_errors(ddp_run: Path, tiny_voc: 
     result = igcam("merge-shards", "-f", folder)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {folder}: 2 of 4 shards missing, e.g. 1/4, 3/4 (no manifest.shard-I-of-4.json): run "
-        "them, then merge again"]
+        f"error: {folder}: 2 of 4 shards missing, e.g. 1/4, 3/4 "
+        "(no manifest.shard-I-of-4.json): run them, then merge again"]
     assert not (folder / "manifest.json").exists()
 
 

@@ -70,19 +70,20 @@ def test_no_command_declares_an_option_twice() -> None:
     """Over every command and every registry its parts come from: each option name (long,
     --no- and short forms, and the Python name) belongs to one owner."""
     for name, command in cli.COMMANDS.items():
-        command.parameters(name)  # raises on a name declared twice
+        command.specs(name)  # raises on a name declared twice
     covered = {r.attribute for c in cli.COMMANDS.values() for r in c.registries}
     assert covered == {"METHODS", "REFINERS", "STAGES"}  # formats, backbones add no options
 
 
 def _names(command: str) -> set[str]:
-    return {p.name for p in cli.COMMANDS[command].parameters(command)}
+    return {spec.name for spec in cli.COMMANDS[command].specs(command)}
 
 
 def test_run_takes_every_option_that_cam_and_refine_take() -> None:
     run = _names("run")
     for command in ("cam", "refine"):  # the options of their methods and of their refiners
-        assert {p.name for r in cli.COMMANDS[command].registries for p in r.parameters()} <= run
+        assert {spec.name for r in cli.COMMANDS[command].registries
+                for _, specs in r.owned() for spec in specs} <= run
     assert {"lpcam_k", "crf_iters", "rw_steps", "method", "refine"} <= run
 
 
@@ -119,13 +120,13 @@ def test_a_colliding_part_is_a_clear_error_not_a_traceback(
     monkeypatch.setitem(REFINERS, "max", Max)
     with pytest.raises(IgcamError, match="^igcam refine: option --max-side is declared by both "
                                          "igcam refine's own options and refiner 'max'"):
-        cli.COMMANDS["refine"].parameters("refine")
+        cli.COMMANDS["refine"].specs("refine")
     one_line_error(igcam("refine", "--help"), "--max-side is declared by both")
 
     monkeypatch.setitem(METHODS, "batch", Batch)
     with pytest.raises(IgcamError, match="option --batch-size is declared by both igcam run's "
                                          "own options and CAM method 'batch'"):
-        cli.COMMANDS["run"].parameters("run")
+        cli.COMMANDS["run"].specs("run")
 
 
 @dataclass(frozen=True)

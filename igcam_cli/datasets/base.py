@@ -80,8 +80,9 @@ class DatasetSpec:
     # None means coco: manifests written before the COCO format have no such key, and read
     # as None, so their folders stay valid (artifacts.recipe_differences).
     coco_classes: str | None = option(
-        None, "Classes of --coco: 'coco' (the default), the JSON's categories in category-id "
-              "order with their names (80 for COCO), or 'voc', the 20 PASCAL VOC classes "
+        None, "Classes of --coco: coco (default: its own categories) or voc (the 20 VOC "
+              "classes). 'coco': the JSON's categories in category-id "
+              "order with their names (80 for COCO); 'voc': the 20 PASCAL VOC classes "
               "(airplane -> aeroplane, motorcycle -> motorbike, couch -> sofa, potted plant -> "
               "pottedplant, dining table -> diningtable, tv -> tvmonitor, and bicycle, bird, "
               "boat, bottle, bus, car, cat, chair, cow, dog, horse, person, sheep, train as "

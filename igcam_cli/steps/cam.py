@@ -27,7 +27,7 @@ from igcam_cli.artifacts import RunDir, fingerprint, sha256_file, write_cam
 from igcam_cli.datasets import Sample, load_dataset
 from igcam_cli.errors import IgcamError, print_warning
 from igcam_cli.images import image_size, read_image
-from igcam_cli.methods import Chain, MethodContext, method_help, parse_methods
+from igcam_cli.methods import METHODS, Chain, MethodContext, method_help, parse_methods
 from igcam_cli.methods.multiscale import LevelFusionOptions, base_cams
 from igcam_cli.models import check_classes, load_classifier
 from igcam_cli.options import option
@@ -52,7 +52,8 @@ class CamConfig(ClassifierStepConfig):
         0.5, "Class probability above which an unlabelled image gets a CAM for a class.",
         min=0, max=1)
     method: str = option(
-        "cam", "cam: multi-scale CAM. " + method_help() + " With a classifier trained with "
+        "cam", f"CAM method: {', '.join(['cam', *METHODS])}, or several joined by '+'. "
+               "cam: multi-scale CAM. " + method_help() + " With a classifier trained with "
                "--fpn, every method starts from the fused CAMs of its pyramid levels "
                "(--fpn-levels). Join methods with '+' to chain them, each taking the previous "
                "maps as its base.")
@@ -71,7 +72,7 @@ class CamConfig(ClassifierStepConfig):
            "most this many: on a GPU a batch fills the device better than one image's few "
            "views. Images are taken in size order to make the batches; the maps are those of "
            "one image at a time up to float rounding (images of other sizes are never padded "
-           "into a batch, since padding changes the features).", min=1)
+           "into a batch, since padding changes the features).", min=1, panel=options.MACHINE)
     store_stride: int = option(
         4, "Keep the maps at 1/N of the image's size in the CAM files (antialiased bilinear); "
            "every later step reads them enlarged back to the image. Measured on voc-real "
@@ -82,7 +83,8 @@ class CamConfig(ClassifierStepConfig):
     precision: str = option(
         "fp32", "fp32, or bf16 / fp16: the network under torch.autocast in that type (faster "
                 "on GPUs with tensor cores; the maps change slightly, see bench/RESULTS.md). "
-                "Maps are summed and resized in fp32 either way.", choices=tuple(PRECISIONS))
+                "Maps are summed and resized in fp32 either way.", choices=tuple(PRECISIONS),
+        panel=options.MACHINE)
     io_workers: int = options.io_workers()
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()

@@ -25,7 +25,14 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.images import save_label_map
 from igcam_cli.methods import CAM_THRESHOLD, METHODS, cams_threshold
 from igcam_cli.options import option
-from igcam_cli.refiners import Maps, RefineChain, RefineContext, parse_refiners, refiner_help
+from igcam_cli.refiners import (
+    REFINERS,
+    Maps,
+    RefineChain,
+    RefineContext,
+    parse_refiners,
+    refiner_help,
+)
 from igcam_cli.runner import ImageStep, ImageWork, resolve_device
 
 THRESHOLDS = ", ".join([f"cam {CAM_THRESHOLD}"] + [f"{name} {method.threshold}"
@@ -39,7 +46,8 @@ class RefineConfig:
     cams: Path | None = option(None, "CAM folder (default RUN/cam).")
     out: Path | None = options.out("RUN/refine, or RUN/refine-METHOD for another --method")
     method: str = option(
-        DEFAULT_REFINER, "none: the background threshold alone. " + refiner_help() +
+        DEFAULT_REFINER, f"Refiner: {', '.join(['none', *REFINERS])}, or a chain joined by "
+        "'+' (e.g. rw+crf). none: the background threshold alone. " + refiner_help() +
         " Join them with '+' to chain them (e.g. rw+crf); a stage that decides the labels "
         "(crf) comes last.")
     threshold: float | None = option(

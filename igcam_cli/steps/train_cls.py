@@ -96,7 +96,7 @@ class TrainConfig(DataStepConfig):
               "self-sup.", above=0)
     head_lr_mult: float = option(10.0, "Classifier lr multiplier.")
     weight_decay: float = option(1e-4, "SGD weight decay.")
-    loader_workers: int = option(2, "Data-loading processes.", min=0)
+    loader_workers: int = option(2, "Data-loading processes.", min=0, panel=options.MACHINE)
     device: str = options.device()
     seed: int = option(0, "Random seed.")
     resume: bool = option(False, "Continue from the last epoch checkpoint after an interruption.")
