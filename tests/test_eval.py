@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import igcam, one_line_error
+from harness import igcam, ok, one_line_error
 from PIL import Image
 
 from igcam_cli.artifacts import StepRecord, write_cam
@@ -161,6 +163,23 @@ def test_out_dash_writes_the_report_to_stdout_and_no_file(tiny_voc: Path, noisy_
     printed = json.loads(result.stdout)  # stdout holds the JSON alone; the table is on stderr
     assert printed["step"] == "eval" and 0 < printed["report"]["miou"] < 1
     assert "mIoU" in result.stderr and not (tmp_path / "-").exists()
+
+
+def test_csv_and_table_formats_hold_the_json_scores(tiny_voc: Path, noisy_cams: Path,
+                                                   tmp_path: Path) -> None:
+    base = ("eval", "--cams", noisy_cams, "--voc", tiny_voc, "--thresholds", THRESHOLDS)
+    report = json.loads(ok(igcam(*base, "--out", "-")).stdout)["report"]
+    rows = list(csv.reader(io.StringIO(ok(igcam(*base, "--out", "-", "--format", "csv")).stdout)))
+    assert rows[0] == ["class", "iou", "precision", "recall"] and rows[-1][0] == "mIoU"
+    assert float(rows[-1][1]) == pytest.approx(report["miou"], abs=1e-6)
+    for name, iou, precision, recall in rows[1:-1]:
+        assert float(iou) == pytest.approx(report["iou"][name], abs=1e-6)
+        assert float(precision) == pytest.approx(report["precision"][name], abs=1e-6)
+        assert float(recall) == pytest.approx(report["recall"][name], abs=1e-6)
+    ok(igcam(*base, "--out", tmp_path / "scores.txt", "--format", "table"))
+    text = (tmp_path / "scores.txt").read_text()
+    assert f"{100 * report['miou']:.1f}" in text.splitlines()[-2] and "\x1b" not in text
+    one_line_error(igcam(*base, "--format", "xml"), "xml")
 
 
 def test_out_onto_a_link_or_special_file_is_refused_and_left_alone(

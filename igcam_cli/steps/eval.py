@@ -11,13 +11,16 @@ are drawn from the annotations as each image is scored), which is how ``igcam ru
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
+import io
 import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
 from igcam_cli import options
@@ -29,6 +32,7 @@ from igcam_cli.artifacts import (
     read_cam,
     read_manifest,
     replaceable,
+    write_bytes,
 )
 from igcam_cli.datasets import (
     DatasetFormat,
@@ -83,10 +87,15 @@ class EvalConfig:
         None, "CAM folder to score instead, sweeping the background threshold.")
     thresholds: str = option(
         "0.05:0.95:0.05", "Sweep for --cams: START:STOP:STEP (inclusive) or a comma list.")
-    dataset: EvalData = options.nested(EvalData)
+    dataset: EvalData = options.nested(EvalData, panel=options.DATA)
     ignore_uncertain: bool = option(
         False, "Ignore predicted 255 pixels instead of counting them as wrong.")
-    out: Path | None = option(None, "Write the JSON report here (- for stdout).")
+    out: Path | None = option(None, "Write the report here (- for stdout), in --format.")
+    format: str = option(
+        "json", "Form of the --out report. json: the whole report with the config, versions "
+                "and the threshold sweep (the eval manifest); csv: class,iou,precision,recall "
+                "rows (fractions of 1) ending with mIoU; table: the printed table as text.",
+        choices=("json", "csv", "table"))
     workers: int = options.workers()
     name: str | None = None  # the table's title (igcam run names its evaluations)
 
@@ -249,20 +258,24 @@ def evaluate(config: EvalConfig) -> dict:
     if config.cams is not None:
         report["threshold"] = thresholds[best]
         report["sweep"] = {str(t): round(m, 6) for t, m in zip(thresholds, sweep, strict=True)}
-    _print(report, names, result.valid, config)
+    table = _table(report, names, result.valid, config)
+    _print(report, table)
     if config.out is not None:
-        # The report is the eval step's manifest: config, versions and scores in one file.
+        # The JSON report is the eval step's manifest: config, versions and scores in one file.
         record = StepRecord("eval", jsonable(asdict(config)))
         record.inputs = {"gt": gt.describe()}
         record.extra = {"report": report}
+        text = (json.dumps(record.document(), indent=2, sort_keys=True) + "\n"
+                if config.format == "json" else _csv(report, names, result.valid)
+                if config.format == "csv" else _plain(table))
         if config.out == STDOUT:
-            sys.stdout.write(json.dumps(record.document(), indent=2, sort_keys=True) + "\n")
+            sys.stdout.write(text)
         else:
-            record.save(ensure_dir(config.out.parent), filename=config.out.name)
+            write_bytes(ensure_dir(config.out.parent) / config.out.name, text.encode("utf-8"))
     return report
 
 
-def _print(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig) -> None:
+def _table(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig) -> Table:
     title = config.name or str(config.pred or config.cams)
     if "threshold" in report:
         title += f"  (best background threshold {report['threshold']:.2f})"
@@ -274,6 +287,30 @@ def _print(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig
             table.add_row(name, *(f"{100 * report[k][name]:.1f}"
                                   for k in ("iou", "precision", "recall")))
     table.add_row("mIoU", f"{100 * report['miou']:.1f}", "", "", style="bold")
+    return table
+
+
+def _csv(report: dict, names: list[str], valid: np.ndarray) -> str:
+    """The scores of the classes present (as the table shows them), then the mean."""
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["class", "iou", "precision", "recall"])
+    for name, ok in zip(names, valid, strict=True):
+        if ok:
+            rows.writerow([name, *(f"{report[k][name]:.6f}"
+                                   for k in ("iou", "precision", "recall"))])
+    rows.writerow(["mIoU", f"{report['miou']:.6f}", "", ""])
+    return text.getvalue()
+
+
+def _plain(table: Table) -> str:
+    """The table as text without colours, as wide as it needs."""
+    out = Console(file=io.StringIO(), width=200, color_system=None, markup=False)
+    out.print(table)
+    return "\n".join(line.rstrip() for line in out.file.getvalue().splitlines()) + "\n"
+
+
+def _print(report: dict, table: Table) -> None:
     console.print(table)
     if report["missing_or_failed"]:
         print_warning(f"{report['missing_or_failed']} of {report['images']} images had "
