@@ -122,6 +122,12 @@ def overwrite() -> Any:
                          "reruns resume).", panel=RESUME)
 
 
+def wait() -> Any:
+    return option(False, "When another igcam process is writing the output folder, wait for "
+                         "it to finish instead of stopping with a line that names it.",
+                  panel=RESUME)
+
+
 def shard() -> Any:
     return option(None, "I/N: process only every N-th image starting at I (0-based), for "
                         "cluster array jobs. Under torchrun each process takes "

@@ -433,6 +433,22 @@ def finite_loss(loss: torch.Tensor, step: str, epoch: int) -> torch.Tensor:
     return loss
 
 
+@contextlib.contextmanager
+def training_claim(out: Path, step: str, wait: bool, holds: bool = True) -> Iterator[None]:
+    """One training per folder at a time: the claim on ``out`` (see ``artifacts.Claim``)
+    while the body runs, removed when it ends, let go when it fails. ``holds`` False for the
+    processes of a torchrun group other than rank 0, which holds it for all of them."""
+    claim = Claim(out, Shard(), step, wait) if holds else None
+    try:
+        yield
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    if claim is not None:
+        claim.done()
+
+
 def trained_already(name: str, final: Path, record: StepRecord, config_type: type) -> bool:
     """Whether a training step's ``final`` file exists, made with ``record``'s recipe; made
     with another, the step refuses rather than skip to a network that the options do not
@@ -462,8 +478,10 @@ class ImageStep:
     ``propose``, ``cam``, ``refine`` and ``influence``'s maps go through here.
     """
 
-    def __init__(self, name: str, out: Path, config: Any, shard: Shard) -> None:
+    def __init__(self, name: str, out: Path, config: Any, shard: Shard,
+                 wait: bool = False) -> None:
         self.name = name
+        self.wait = wait  # for another process writing the folder, rather than stop
         self.shard = shard
         self.out = ensure_dir(out)
         remove_stale_temps(self.out)
@@ -492,7 +510,7 @@ class ImageStep:
         """
         if self.claim is not None:
             return
-        self.claim = Claim(self.out, self.shard, self.name)
+        self.claim = Claim(self.out, self.shard, self.name, self.wait)
         recipe = self.record.extra["recipe"] = recipe_of(self.record)
         made = recipes(self.out)
         differs = sorted({key for other in made.values() if other is not None

@@ -4,16 +4,28 @@ never come from two recipes while its manifest names one."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import igcam, ok, one_line_error
+from harness import (
+    PROCESS_ENV,
+    TRAIN,
+    copy_run,
+    igcam,
+    igcam_command,
+    ok,
+    one_line_error,
+)
 
 import igcam_cli.steps.refine as refine_step
-from igcam_cli.artifacts import RunDir, read_manifest, write_cam
+from igcam_cli.artifacts import Claim, RunDir, Shard, ensure_dir, read_manifest, write_cam
+from igcam_cli.errors import IgcamError
 
 IMAGES = 6
 
@@ -113,3 +125,82 @@ def test_a_rerun_that_only_skips_keeps_the_manifest_of_the_work(cams: Path,
     ok(_refine(cams, out, 0.4))
     redone = json.loads(RunDir.manifest(out).read_text())
     assert redone["counts"] == {"processed": 1, "skipped_done": IMAGES - 1}
+
+
+def _hold(folder: Path, step: str) -> subprocess.Popen:
+    """Another process holding ``folder``'s claim until its stdin closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\n"
+         "from pathlib import Path\n"
+         "from igcam_cli.artifacts import Claim, Shard\n"
+         f"claim = Claim(Path(sys.argv[1]), Shard(), {step!r})\n"
+         "print('claimed', flush=True)\n"
+         "sys.stdin.read()\n"
+         "claim.done()\n", str(folder)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "claimed\n"
+    return holder
+
+
+def test_wait_waits_for_the_other_writer_then_works(cams: Path, tmp_path: Path) -> None:
+    out = tmp_path / "masks"
+    out.mkdir()
+    holder = _hold(out, "refine")
+    waiting = subprocess.Popen(
+        igcam_command("refine", "--run", tmp_path / "run", "--cams", cams, "--out", out,
+                      "--method", "none", "--threshold", "0.4", "--wait"),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={**os.environ, **PROCESS_ENV})
+    try:
+        assert waiting.stderr is not None
+        line = waiting.stderr.readline()
+        assert line.startswith("refine: waiting for another `igcam refine` (pid "
+                               f"{holder.pid} on "), line
+        assert waiting.poll() is None and not list(out.glob("*.png"))
+    finally:
+        holder.communicate("", timeout=30)  # the other one finishes ...
+    _, rest = waiting.communicate(timeout=120)  # ... and the waiting one goes on
+    assert waiting.returncode == 0, rest
+    assert len(list(out.glob("*.png"))) == IMAGES and not RunDir.unfinished_claims(out)
+    assert read_manifest(out)["counts"]["processed"] == IMAGES
+
+
+def test_a_claim_removed_by_its_finishing_holder_is_taken_afresh(tmp_path: Path) -> None:
+    """A waiter that gets the lock of a claim file its holder has just removed holds nothing:
+    it claims the folder again, so that a third writer still finds it held."""
+    first = Claim(tmp_path, Shard(), "cam")
+    got: list[Claim] = []
+    waiter = threading.Thread(target=lambda: got.append(Claim(tmp_path, Shard(), "cam",
+                                                              wait=True)))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got  # still waiting
+    first.done()  # removes the file the waiter is blocked on
+    waiter.join(timeout=30)
+    assert got and got[0].path.is_file()
+    with pytest.raises(IgcamError, match="is being written by another `igcam cam`"):
+        Claim(tmp_path, Shard(), "cam")
+    got[0].done()
+    Claim(tmp_path, Shard(), "cam").done()
+
+
+@pytest.mark.parametrize("step", ["train-cls", "train-aff"])
+def test_training_steps_hold_their_folder(step: str, trained_run: Path, tiny_voc: Path,
+                                          tmp_path: Path) -> None:
+    """A second training into one folder stops before it trains, naming the first."""
+    if step == "train-cls":
+        run, args = tmp_path / "run", ("--voc", tiny_voc, *TRAIN)
+    else:  # any readable CAM files will do: the claim comes before they are used
+        run = copy_run(trained_run, tmp_path / "run", "train-cls")
+        cams = ensure_dir(tmp_path / "cams")
+        write_cam(cams / "a.npz", np.array([0]), np.zeros((1, 8, 8), np.float16),
+                  np.array([0.9]), tmp_path / "a.png")
+        args = ("--cams", cams, "--device", "cpu")
+    folder = ensure_dir(RunDir(run).step(step))
+    holder = _hold(folder, step)
+    try:
+        one_line_error(igcam(step, "--run", run, *args),
+                       f"is being written by another `igcam {step}` (pid {holder.pid}")
+        assert not list(folder.glob("*.pt"))
+    finally:
+        holder.communicate("", timeout=30)

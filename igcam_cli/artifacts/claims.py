@@ -26,7 +26,7 @@ from typing import Any
 from igcam_cli.artifacts.io import FILE_MODE
 from igcam_cli.artifacts.layout import RunDir
 from igcam_cli.artifacts.shards import Shard
-from igcam_cli.errors import IgcamError
+from igcam_cli.errors import IgcamError, console
 
 
 def _content(fd: int) -> dict[str, Any] | None:
@@ -39,6 +39,12 @@ def _content(fd: int) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return {}
     return content if isinstance(content, dict) else {}
+
+
+def made_outputs(claim: dict[str, Any]) -> bool:
+    """Whether a claim's run began making outputs: it named its recipe (or the file cannot
+    be read, so it may have), as against a claim that only says who holds the folder."""
+    return claim == {} or "recipe" in claim
 
 
 def read_claim(path: Path) -> dict[str, Any] | None:
@@ -69,40 +75,75 @@ def holder(path: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
-class Claim:
-    """This process's hold on a folder (or its shard of one); see the module's docstring."""
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``: a lock taken on a claim that its
+    holder removed meanwhile (it finished) locks nothing anyone else will look at."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
-    def __init__(self, folder: Path, shard: Shard, step: str) -> None:
+
+class Claim:
+    """This process's hold on a folder (or its shard of one); see the module's docstring.
+
+    Held by another process, it is one line naming that process, or with ``wait`` a wait
+    until the other lets go (a line says so first; Ctrl-C stops waiting)."""
+
+    def __init__(self, folder: Path, shard: Shard, step: str, wait: bool = False) -> None:
         self.path = RunDir.unfinished(folder, shard.index, shard.count)
         self.step = step
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _content(fd) or {}
-            os.close(fd)
-            raise IgcamError(
-                f"{folder} is being written by another `igcam {holder.get('step', step)}` "
-                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
-                f"{holder.get('started', '?')}): wait for it to finish, or give another "
-                "--out") from None
+        said = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _content(fd) or {}
+                who = (f"another `igcam {holder.get('step', step)}` (pid "
+                       f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since "
+                       f"{holder.get('started', '?')})")
+                if not wait:
+                    os.close(fd)
+                    raise IgcamError(f"{folder} is being written by {who}: wait for it to "
+                                     "finish (--wait), or give another --out") from None
+                if not said:
+                    console.print(f"{step}: waiting for {who} to finish with {folder}")
+                    said = True
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait
+                except BaseException:
+                    os.close(fd)
+                    raise
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the holder finished and removed it: claim the folder afresh
         self.fd: int | None = fd
-        self.previous = _content(fd)  # a stopped run's claim, or None
+        content = _content(fd)
+        # a stopped run's claim on the outputs (its recipe), or None
+        self.previous = content if content is not None and made_outputs(content) else None
         self.written = False
+        # who holds it, from the start (a training step never marks a recipe); a stopped
+        # run's recipe stays in it until this run marks its own
+        self._write(self._identity() if self.previous is None else
+                    {**self.previous, "recipe": self.previous.get("recipe"), **self._identity()})
 
     def mark(self, recipe: Any, clearing: bool = False) -> None:
         """Say what this run makes, before it removes or writes any file; ``clearing`` while
         it removes the outputs of another recipe (a run that finds a claim stopped then
         clears again, since old files may remain)."""
-        assert self.fd is not None, "a released claim marks nothing"
-        data = json.dumps({"step": self.step, "recipe": recipe, "clearing": clearing,
-                           "pid": os.getpid(),
-                           "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
-        os.fsync(self.fd)
+        self._write({**self._identity(), "recipe": recipe, "clearing": clearing})
         self.written = True
+
+    def _identity(self) -> dict[str, Any]:
+        return {"step": self.step, "pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _write(self, content: dict[str, Any]) -> None:
+        assert self.fd is not None, "a released claim says nothing"
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(content).encode(), 0)
+        os.fsync(self.fd)
 
     def done(self) -> None:
         """The step finished (its manifest written): the claim goes."""
@@ -111,7 +152,7 @@ class Claim:
 
     def release(self) -> None:
         """Let go without finishing (an error, Ctrl-C): the recipe stays for the next run to
-        see; a claim that never said anything goes."""
+        see; a claim that never named one goes."""
         if self.fd is None:
             return
         if not self.written and self.previous is None:

@@ -15,7 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from igcam_cli.artifacts.claims import read_claim
+from igcam_cli.artifacts.claims import made_outputs, read_claim
 from igcam_cli.artifacts.io import jsonable, package_versions, read_json, write_json
 from igcam_cli.artifacts.layout import RunDir
 from igcam_cli.artifacts.shards import Shard
@@ -26,7 +26,7 @@ from igcam_cli.errors import IgcamError
 # one float16 step in the CAM files). --store-stride changes how a CAM file keeps its maps, not
 # what a reader gets beyond resampling (mIoU within 0.01 at 4 on voc-real), and every file says
 # its own size: a folder made at full size before the option existed is resumed at stride 4.
-NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "workers",
+NO_OUTPUT_EFFECT = frozenset({"run", "out", "overwrite", "shard", "strict", "wait", "workers",
                               "io_workers", "device", "batch_images", "store_stride"})
 DAMAGED = "delete it (or its folder) and rerun the step that wrote it"
 WHOLE = Shard()  # an unsharded step
@@ -91,7 +91,7 @@ def read_manifest(folder: Path, unfinished_if_damaged: bool = False) -> dict[str
     trust nor silently redo a folder it cannot read the record of; ``unfinished_if_damaged``
     makes it None instead, for a caller that redoes the folder anyway (lpcam's prototypes)."""
     path = RunDir.manifest(folder)
-    if not path.is_file() or any(read_claim(c) is not None
+    if not path.is_file() or any((claim := read_claim(c)) is not None and made_outputs(claim)
                                  for c in RunDir.unfinished_claims(folder)):
         return None  # a run writes the folder now, or one stopped before it finished
     try:

@@ -89,6 +89,7 @@ class CamConfig(ClassifierStepConfig):
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
+    wait: bool = options.wait()
     # Options of the methods, by method name; a method missing here runs with its defaults.
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -115,7 +116,7 @@ def cam(config: CamConfig) -> Path:
     # The manifest records the options of the methods that ran, not of every one registered.
     used = {stage.name: stage.options for stage in chain.stages}
     step = ImageStep("cam", config.out or run.cam(config.method),
-                     replace(config, method_options=used), shard)
+                     replace(config, method_options=used), shard, config.wait)
     step.problems(dataset.problems)
     samples = step.select(dataset.samples)
     step.record.inputs = {"dataset": config.dataset.describe(), "checkpoint": str(checkpoint),

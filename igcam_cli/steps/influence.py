@@ -96,6 +96,7 @@ class InfluenceConfig(ClassifierStepConfig):
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
+    wait: bool = options.wait()
 
 
 def is_held_out(image_id: str, fraction: float) -> bool:
@@ -327,7 +328,7 @@ def influence(config: InfluenceConfig) -> Path:
     model, payload = load_classifier(checkpoint, device)
     named = selected_parameters(model, config.params)
     step = ImageStep("influence", config.out or RunDir(config.run).step("influence"), config,
-                     shard)
+                     shard, config.wait)
     out, record = step.out, step.record
     dataset = load_dataset(config.dataset, strict=config.strict)
     check_classes(payload, dataset.class_names, checkpoint)

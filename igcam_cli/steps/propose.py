@@ -80,6 +80,7 @@ class ProposeConfig(DataStepConfig):
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
+    wait: bool = options.wait()
 
 
 def _import_cv2() -> ModuleType:
@@ -146,7 +147,7 @@ def propose(config: ProposeConfig) -> Path:
     _import_cv2()
     shard = distributed.shard(config.shard)
     step = ImageStep("propose", config.out or RunDir(config.run).step("propose"), config,
-                     shard)
+                     shard, config.wait)
     dataset = load_dataset(config.dataset, strict=config.strict)
     step.problems(dataset.problems)
     samples = step.select(dataset.samples)

@@ -71,6 +71,7 @@ class RefineConfig:
     overwrite: bool = options.overwrite()
     shard: str | None = options.shard()
     strict: bool = options.strict()
+    wait: bool = options.wait()
     # Options of the refiners, by name; a refiner missing here runs with its defaults.
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -130,7 +131,7 @@ def refine(config: RefineConfig) -> Path:
         chain.setup()  # the step before any
     used = {stage.name: stage.options for stage in chain.stages}
     step = ImageStep("refine", config.out or run.refine(config.method),
-                     replace(config, method_options=used), shard)
+                     replace(config, method_options=used), shard, config.wait)
     # Each CAM file stands in for its image: the sample's path is the .npz itself.
     samples = step.select([Sample(p.stem, p) for p in RunDir.image_files(cams)])
     step.record.inputs = {"cams": str(cams), "num_cams": len(samples)}

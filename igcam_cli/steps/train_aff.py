@@ -67,6 +67,7 @@ from igcam_cli.runner import (
     summarise_warnings,
     track,
     trained_already,
+    training_claim,
 )
 from igcam_cli.transforms import to_tensor
 
@@ -100,6 +101,7 @@ class AffinityConfig:
     resume: bool = option(False, "Continue from the last epoch checkpoint after an "
                                  "interruption.")
     strict: bool = options.strict()
+    wait: bool = options.wait()
 
 
 @dataclass
@@ -185,109 +187,112 @@ def train_aff(config: AffinityConfig) -> Path:
     device = resolve_device(config.device)
     classifier, payload = load_classifier(checkpoint, device)
     out = ensure_dir(run.step("train-aff"))
-    remove_stale_temps(out)
-    final = run.affinity()
-    record = StepRecord("train-aff", jsonable(asdict(config)))
-    record.inputs = {"cams": str(cams), "num_cams": len(files),
-                     "images_fingerprint": fingerprint(p.stem for p in files),
-                     "checkpoint_sha256": sha256_file(checkpoint)}
-    record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
-    if trained_already("train-aff", final, record, type(config)):
-        return final
-    _check_cam_classes(files, len(payload["class_names"]), cams)
-    import_crf()
-    labels_dir = ensure_dir(run.affinity_labels())
-    remove_stale_temps(labels_dir)
-    samples = [Sample(p.stem, p) for p in files]
-    targets = _Targets(config, labels_dir)
-    run_per_image(samples, ImageWork(targets.load, targets.compute, targets.write),
-                  lambda s: RunDir.image_mask(labels_dir, s.id), record, overwrite=False,
-                  strict=config.strict, workers=config.workers,
-                  io_workers=options.DEFAULT_IO_WORKERS, description="train-aff targets")
-    samples = [s for s in samples if RunDir.image_mask(labels_dir, s.id).exists()]
-    if not samples:
-        raise IgcamError("train-aff: no image got targets")
+    # One training per folder at a time; after waiting for another, its affinities may be
+    # the ones asked for (trained_already below).
+    with training_claim(out, "train-aff", config.wait):
+        remove_stale_temps(out)
+        final = run.affinity()
+        record = StepRecord("train-aff", jsonable(asdict(config)))
+        record.inputs = {"cams": str(cams), "num_cams": len(files),
+                         "images_fingerprint": fingerprint(p.stem for p in files),
+                         "checkpoint_sha256": sha256_file(checkpoint)}
+        record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
+        if trained_already("train-aff", final, record, type(config)):
+            return final
+        _check_cam_classes(files, len(payload["class_names"]), cams)
+        import_crf()
+        labels_dir = ensure_dir(run.affinity_labels())
+        remove_stale_temps(labels_dir)
+        samples = [Sample(p.stem, p) for p in files]
+        targets = _Targets(config, labels_dir)
+        run_per_image(samples, ImageWork(targets.load, targets.compute, targets.write),
+                      lambda s: RunDir.image_mask(labels_dir, s.id), record, overwrite=False,
+                      strict=config.strict, workers=config.workers,
+                      io_workers=options.DEFAULT_IO_WORKERS, description="train-aff targets")
+        samples = [s for s in samples if RunDir.image_mask(labels_dir, s.id).exists()]
+        if not samples:
+            raise IgcamError("train-aff: no image got targets")
 
-    torch.manual_seed(config.seed)
-    net = BoundaryNet(classifier.backbone).to(device)
-    paths = PathAffinity(config.radius, half=True)
-    cache = [_cache(net, s, labels_dir, paths, config.max_side, device)
-             for s in track(samples, len(samples), "train-aff features")]
-    head = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(head, lr=config.lr, momentum=0.9,
-                                weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(cache) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(
-        optimizer, config.epochs * steps_per_epoch, power=0.9)
-    history: list[dict] = []
-    start_epoch = 0
-    existing = RunDir.epochs(out)
-    if config.resume and existing:
-        state = read_torch(existing[-1], "epoch checkpoint")
-        try:
-            if state["backbone"] != payload["backbone"]:
-                raise ValueError("backbone")
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, start_epoch = state["history"], state["epoch"]
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise IgcamError(f"epoch checkpoint {existing[-1]} is damaged or from another "
-                             f"run ({type(exc).__name__} {exc}); delete it to resume from "
-                             "the one before") from None
-    net.train()
-    with progress_bar(TextColumn("loss {task.fields[loss]:.4f}")) as bar:
-        task = bar.add_task("train-aff", total=config.epochs * steps_per_epoch,
-                            completed=start_epoch * steps_per_epoch, loss=float("nan"))
-        for epoch in range(start_epoch, config.epochs):
-            started, losses = time.perf_counter(), []
-            agree = np.zeros(3)
-            counted = np.zeros(3)
-            order = np.random.default_rng((config.seed, epoch)).permutation(len(cache))
-            for first in range(0, len(order), config.batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                batch = order[first: first + config.batch_size]
-                for index in batch:
-                    stages, pairs = cache[index]
-                    size = pairs[0].shape[-2:]
-                    boundary = torch.sigmoid(net.head_logits(
-                        [s.to(device).float() for s in stages], size))
-                    affinity = paths(boundary)[0]
-                    masks = [m.to(device) for m in pairs]
-                    loss = finite_loss(affinity_loss(affinity, *masks) / len(batch),
-                                       "train-aff", epoch + 1)
-                    loss.backward()
-                    losses.append(loss.item() * len(batch))
-                    with torch.no_grad():
-                        for k, (mask, want) in enumerate(zip(masks, (True, True, False),
-                                                             strict=True)):
-                            agree[k] += ((affinity > 0.5) == want)[mask].sum().item()
-                            counted[k] += mask.sum().item()
-                optimizer.step()
-                scheduler.step()
-                bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
-            accuracy = (agree / np.maximum(counted, 1)).tolist()  # plain floats: weights_only
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                            "accuracy_bg": accuracy[0], "accuracy_fg": accuracy[1],
-                            "accuracy_neg": accuracy[2], "lr": scheduler.get_last_lr()[0],
-                            "seconds": round(time.perf_counter() - started, 2)})
-            write_torch(RunDir.epoch(out, epoch + 1), {
-                "backbone": payload["backbone"], "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "history": history, "epoch": epoch + 1})
-            for old in RunDir.epochs(out)[:-2]:  # the last two: one may be cut mid-write
-                old.unlink(missing_ok=True)
-            write_json(RunDir.metrics(out), history)
-    write_torch(final, affinity_payload(net.eval(), payload["backbone"],
-                                        record.inputs["checkpoint_sha256"], history=history))
-    record.counts["images"] = len(cache)
-    record.counts["epochs"] = config.epochs
-    record.extra.update(history=history, checkpoint_sha256=sha256_file(final),
-                        targets=_target_statistics(labels_dir, samples))
-    manifest = record.save(out)
-    last = history[-1]
-    console.print(f"train-aff: {config.epochs} epochs, loss {last['loss']:.4f}, pair "
-                    f"accuracy bg {last['accuracy_bg']:.3f} fg {last['accuracy_fg']:.3f} "
-                  f"neg {last['accuracy_neg']:.3f} -> {final}")
-    summarise_warnings(record, manifest)
-    return final
+        torch.manual_seed(config.seed)
+        net = BoundaryNet(classifier.backbone).to(device)
+        paths = PathAffinity(config.radius, half=True)
+        cache = [_cache(net, s, labels_dir, paths, config.max_side, device)
+                 for s in track(samples, len(samples), "train-aff features")]
+        head = [p for p in net.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(head, lr=config.lr, momentum=0.9,
+                                    weight_decay=config.weight_decay)
+        steps_per_epoch = -(-len(cache) // config.batch_size)
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(
+            optimizer, config.epochs * steps_per_epoch, power=0.9)
+        history: list[dict] = []
+        start_epoch = 0
+        existing = RunDir.epochs(out)
+        if config.resume and existing:
+            state = read_torch(existing[-1], "epoch checkpoint")
+            try:
+                if state["backbone"] != payload["backbone"]:
+                    raise ValueError("backbone")
+                net.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                history, start_epoch = state["history"], state["epoch"]
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise IgcamError(f"epoch checkpoint {existing[-1]} is damaged or from another "
+                                 f"run ({type(exc).__name__} {exc}); delete it to resume from "
+                                 "the one before") from None
+        net.train()
+        with progress_bar(TextColumn("loss {task.fields[loss]:.4f}")) as bar:
+            task = bar.add_task("train-aff", total=config.epochs * steps_per_epoch,
+                                completed=start_epoch * steps_per_epoch, loss=float("nan"))
+            for epoch in range(start_epoch, config.epochs):
+                started, losses = time.perf_counter(), []
+                agree = np.zeros(3)
+                counted = np.zeros(3)
+                order = np.random.default_rng((config.seed, epoch)).permutation(len(cache))
+                for first in range(0, len(order), config.batch_size):
+                    optimizer.zero_grad(set_to_none=True)
+                    batch = order[first: first + config.batch_size]
+                    for index in batch:
+                        stages, pairs = cache[index]
+                        size = pairs[0].shape[-2:]
+                        boundary = torch.sigmoid(net.head_logits(
+                            [s.to(device).float() for s in stages], size))
+                        affinity = paths(boundary)[0]
+                        masks = [m.to(device) for m in pairs]
+                        loss = finite_loss(affinity_loss(affinity, *masks) / len(batch),
+                                           "train-aff", epoch + 1)
+                        loss.backward()
+                        losses.append(loss.item() * len(batch))
+                        with torch.no_grad():
+                            for k, (mask, want) in enumerate(zip(masks, (True, True, False),
+                                                                 strict=True)):
+                                agree[k] += ((affinity > 0.5) == want)[mask].sum().item()
+                                counted[k] += mask.sum().item()
+                    optimizer.step()
+                    scheduler.step()
+                    bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
+                accuracy = (agree / np.maximum(counted, 1)).tolist()  # plain floats: weights_only
+                history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                                "accuracy_bg": accuracy[0], "accuracy_fg": accuracy[1],
+                                "accuracy_neg": accuracy[2], "lr": scheduler.get_last_lr()[0],
+                                "seconds": round(time.perf_counter() - started, 2)})
+                write_torch(RunDir.epoch(out, epoch + 1), {
+                    "backbone": payload["backbone"], "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "history": history, "epoch": epoch + 1})
+                for old in RunDir.epochs(out)[:-2]:  # the last two: one may be cut mid-write
+                    old.unlink(missing_ok=True)
+                write_json(RunDir.metrics(out), history)
+        write_torch(final, affinity_payload(net.eval(), payload["backbone"],
+                                            record.inputs["checkpoint_sha256"], history=history))
+        record.counts["images"] = len(cache)
+        record.counts["epochs"] = config.epochs
+        record.extra.update(history=history, checkpoint_sha256=sha256_file(final),
+                            targets=_target_statistics(labels_dir, samples))
+        manifest = record.save(out)
+        last = history[-1]
+        console.print(f"train-aff: {config.epochs} epochs, loss {last['loss']:.4f}, pair "
+                        f"accuracy bg {last['accuracy_bg']:.3f} fg {last['accuracy_fg']:.3f} "
+                      f"neg {last['accuracy_neg']:.3f} -> {final}")
+        summarise_warnings(record, manifest)
+        return final

@@ -60,6 +60,7 @@ from igcam_cli.runner import (
     resolve_device,
     summarise_warnings,
     trained_already,
+    training_claim,
 )
 from igcam_cli.training import STAGES
 from igcam_cli.training.base import TrainingStage
@@ -102,6 +103,7 @@ class TrainConfig(DataStepConfig):
     resume: bool = option(False, "Continue from the last epoch checkpoint after an interruption.")
     keep_checkpoints: int = 2
     strict: bool = options.strict()
+    wait: bool = options.wait()
     stage: str = option(
         "1", "1: train from ImageNet weights into RUN/train-cls. 2: fine-tune the stage-1 "
              "classifier with the influence-weighted, multi-scale consistency and boundary "
@@ -249,6 +251,17 @@ def train_cls(config: TrainConfig) -> Path:
     if not samples:
         raise IgcamError("train-cls needs images with labels; none found in the dataset")
     remove_stale_temps(ensure_dir(out))
+    # One training per folder at a time (under torchrun rank 0 holds it for all processes);
+    # after waiting for another, its classifier may be the one asked for.
+    with training_claim(out, "train-cls", config.wait, holds=world.is_main):
+        if world.size == 1 and trained_already("train-cls", final, record, type(config)):
+            return final
+        return _train_checked(config, stage, record, out, dataset, samples, world)
+
+
+def _train_checked(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: Path,
+                   dataset: Dataset, samples: list[Sample], world: World) -> Path:
+    """The checks that need the images, then :func:`_train` in the process group."""
     epochs = config.epochs or auto_epochs(len(samples))
     batch_size = min(config.batch_size, len(samples))
     if batch_size % world.size:
