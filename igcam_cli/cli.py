@@ -177,6 +177,10 @@ class RegistryOptions:
                  _specs(part.Options, registry.option_prefix(name), f"{registry.what} {name}"))
                 for name, part in registry.items()]
 
+    def specs(self) -> list[OptionSpec]:
+        """The options of every part, in registration order."""
+        return [spec for _, specs in self.owned() for spec in specs]
+
     def finish(self, config: Any, values: dict[str, Any]) -> Any:
         """``config`` with every part's options parsed and checked (those of parts not chosen
         too: a NaN is a mistake whichever part it was meant for)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from igcam_cli.cli import COMMANDS, _build, _parameters
+from igcam_cli.cli import COMMANDS, _build, _specs
 from igcam_cli.errors import IgcamError
 from igcam_cli.options import REQUIRED, check, nested, option
 from igcam_cli.training import STAGES
@@ -32,10 +32,12 @@ class Outer:
 
 
 def test_each_option_field_becomes_one_parameter_with_its_default() -> None:
-    params = {p.name: p for p in _parameters(Outer)}
-    assert list(params) == ["name", "size", "share", "mode", "scales", "fpn_temperature"]
-    assert params["name"].default is ...  # required
+    specs = {spec.name: spec for spec in _specs(Outer)}
+    assert list(specs) == ["name", "size", "share", "mode", "scales", "fpn_temperature"]
+    params = {name: spec.parameter() for name, spec in specs.items()}
+    assert params["name"].default is ... and specs["name"].required
     assert params["size"].default == 500 and params["scales"].default == "1.0,0.5"
+    assert specs["scales"].kind == "list" and specs["mode"].choices == ("fast", "quality")
 
 
 def test_parsed_values_build_the_config_nested_ones_included() -> None:
@@ -60,7 +62,7 @@ def test_check_names_the_option_and_its_bounds(changes: dict, message: str) -> N
 
 
 def test_every_training_stage_option_is_a_train_cls_option() -> None:
-    names = {p.name for p in COMMANDS["train-cls"].registries[0].parameters()}
+    names = {p.name for p in COMMANDS["train-cls"].registries[0].specs()}
     for stage in STAGES.values():
         fields = [f.name for f in dataclasses.fields(stage.Options) if "help" in f.metadata]
         assert all(name in names for name in fields), stage.name

@@ -20,8 +20,14 @@ from igcam_cli.errors import IgcamError
 from igcam_cli.methods.base import CamMethod, MethodContext
 from igcam_cli.methods.ccam import ClassConditional
 from igcam_cli.methods.cpmc import Cpmc
+from igcam_cli.methods.eigencam import EigenCam
+from igcam_cli.methods.gradcam import GradCam
+from igcam_cli.methods.gradcampp import GradCamPlusPlus
+from igcam_cli.methods.hirescam import HiResCam
 from igcam_cli.methods.igcam import InstanceGuided
+from igcam_cli.methods.layercam import LayerCam
 from igcam_cli.methods.lpcam import Lpcam
+from igcam_cli.methods.xgradcam import XGradCam
 from igcam_cli.options import parse_chain
 from igcam_cli.registry import PartChain, Registry
 
@@ -30,6 +36,12 @@ METHODS.register(InstanceGuided)
 METHODS.register(Lpcam)
 METHODS.register(ClassConditional)
 METHODS.register(Cpmc)
+METHODS.register(GradCam)
+METHODS.register(GradCamPlusPlus)
+METHODS.register(XGradCam)
+METHODS.register(LayerCam)
+METHODS.register(HiResCam)
+METHODS.register(EigenCam)
 
 
 # The plain CAM's best background threshold with the default classifier on voc-real (302
