@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,24 @@ def test_a_setting_under_a_switch_goes_with_the_switch() -> None:
                 "guide": None, "guide_weight": 0.5, "guided": 1}
     assert applicable(settings) == {"warp": False, "blur": True, "blur_size": 2,
                                     "guide": None, "guided": 1}
+
+
+def _css(html: str, selector: str) -> dict[str, str]:
+    """The declarations of the page's rule for ``selector`` (the first, outside media queries)."""
+    style = html.split("<style>", 1)[1].split("</style>", 1)[0]
+    found = re.search(rf"(?m)^\s*{re.escape(selector)}\s*{{([^}}]*)}}", style)
+    assert found, f"no CSS rule {selector!r}"
+    return dict(tuple(part.strip() for part in item.split(":", 1))
+                for item in found.group(1).split(";") if item.strip())
+
+
+def test_the_picture_grid_takes_the_page_width_and_its_panels_scale(scored_run: Path) -> None:
+    html = (scored_run / "report.html").read_text()
+    table = re.search(r'<table class="grid"[^>]*>', html).group(0)
+    assert "style" not in table  # no width cap of its own: the CSS rule below decides
+    assert _css(html, "table.grid") == {"width": "100%", "table-layout": "fixed"}
+    panel = _css(html, ".grid img")
+    assert panel["width"] == "100%" and panel["height"] == "auto" and "max-height" not in panel
+    assert "@media (max-width" in html  # the id column gives way on a narrow screen
+    header, _ = Page(scored_run / "report.html").grid()
+    assert f'<col span="{len(header) - 1}">' in html
