@@ -179,7 +179,7 @@ def write_overlays(cams: Path, masks: Path | None, gt: GroundTruth | None, out: 
     score = _mask_scores(ids, masks, gt) if masks is not None and gt is not None else {}
     chosen = pick(score, limit) if score else spread(ids, limit)
     written = []
-    for n, (image_id, group) in enumerate(chosen if limit else [], 1):
+    for n, (image_id, group) in enumerate(chosen, 1):
         truth = gt.read(image_id) if gt is not None and gt.has(image_id) else None
         caption = " · ".join([image_id, *([group] if group else []), *(
             [f"mask mIoU {100 * score[image_id]:.1f} %"] if image_id in score else [])])
