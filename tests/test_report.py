@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from igcam_cli.artifacts import TMP_PREFIX, read_cam, write_cam
 from igcam_cli.images import read_label_map
 from igcam_cli.metrics import confusion, scores
 from igcam_cli.report import write_report
+from igcam_cli.report.facts import applicable
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "bench" / "report_screenshot.py"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -326,3 +328,94 @@ def test_the_page_shows_every_picture_in_chromium(scored_run: Path, tmp_path: Pa
                              str(broken / "report.html"), str(shot)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "report/threshold-sweep.svg" in result.stderr
+
+
+def test_a_run_of_only_refine_folders_gets_a_report_of_them(cam_run: Path,
+                                                            tmp_path: Path) -> None:
+    run = copy_run(cam_run, tmp_path / "run", "train-cls", "cam")
+    ok(igcam("refine", "--run", run, "--method", "none", "--out", run / "refine-none"))
+    shutil.rmtree(run / "cam")
+    shutil.rmtree(run / "train-cls")
+    result = igcam("report", "--run", run)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    page = Page(run / "report.html")
+    row = page.row("refine-none", METHODS)
+    assert row[1] == "pseudo-masks" and row[2] == "24"
+    assert page.row("refine", STEPS)[1] == "refine-none"
+    assert "No CAM files yet" in "".join(page.text)  # the photos are named by CAM files only
+
+
+def test_a_cam_folder_made_with_another_runs_checkpoint_gets_a_report(
+        cam_run: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ok(igcam("cam", "--run", run, "--voc", tiny_voc, "--scales", "1.0", "--device", "cpu",
+             "--checkpoint", cam_run / "train-cls" / "classifier.pt"))
+    manifest = run / "cam" / "manifest.json"  # as cam wrote it before it named its classes
+    recorded = json.loads(manifest.read_text())
+    del recorded["inputs"]["class_names"]
+    manifest.write_text(json.dumps(recorded))
+    result = igcam("report", "--run", run)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    page = Page(run / "report.html")
+    assert page.row("cam", METHODS)[2] == "24"
+    assert not [src for src in page.images if "training-" in src]
+    assert len(page.grid()[1]) == 9
+    assert all((run / src).is_file() for src in page.images)
+
+
+def test_training_map_is_in_percent_on_the_page_and_its_chart(own_run: Path) -> None:
+    ok(igcam("report", "--run", own_run))
+    history = json.loads((own_run / "train-cls" / "metrics.json").read_text())
+    page = Page(own_run / "report.html")
+    last = page.row("last epoch", 2)[1]
+    assert last.endswith(f"training mAP {100 * history[-1]['train_map']:.1f} %"), last
+    chart = own_run / "report" / "training-train-cls.svg"
+    texts = {t.text for t in ElementTree.parse(chart).iter(f"{SVG}text")}
+    assert "mAP (%)" in texts and "training mAP" in texts
+    assert "100" in _tick_labels(chart)  # the axis runs to 100, not to 1
+
+
+def test_settings_show_readable_labels_and_only_those_that_apply(own_run: Path) -> None:
+    ok(igcam("report", "--run", own_run))
+    page = Page(own_run / "report.html")
+    facts = {r[0]: r[1] for r in page.rows if len(r) == 2}
+    assert facts["images"] == "24" and facts["split"] == "train" and "VOC folder" in facts
+    assert facts["classes (5)"].startswith("disc, square")
+    assert not [k for k in facts if k.startswith("dataset ") or "_" in k], facts
+    assert facts["FPN neck"] == "False"
+    assert "FPN channels" not in facts and "influence strength" not in facts  # switches off
+    manifest = own_run / "train-cls" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    recorded["recipe"]["fpn"] = True
+    manifest.write_text(json.dumps(recorded))
+    ok(igcam("report", "--run", own_run))
+    facts = {r[0]: r[1] for r in Page(own_run / "report.html").rows if len(r) == 2}
+    assert facts["FPN channels"] == str(recorded["recipe"]["fpn_channels"])
+
+
+def test_a_setting_under_a_switch_goes_with_the_switch() -> None:
+    settings = {"warp": False, "warp_size": 3, "warp_mode": "x", "blur": True, "blur_size": 2,
+                "guide": None, "guide_weight": 0.5, "guided": 1}
+    assert applicable(settings) == {"warp": False, "blur": True, "blur_size": 2,
+                                    "guide": None, "guided": 1}
+
+
+def _css(html: str, selector: str) -> dict[str, str]:
+    """The declarations of the page's rule for ``selector`` (the first, outside media queries)."""
+    style = html.split("<style>", 1)[1].split("</style>", 1)[0]
+    found = re.search(rf"(?m)^\s*{re.escape(selector)}\s*{{([^}}]*)}}", style)
+    assert found, f"no CSS rule {selector!r}"
+    return dict(tuple(part.strip() for part in item.split(":", 1))
+                for item in found.group(1).split(";") if item.strip())
+
+
+def test_the_picture_grid_takes_the_page_width_and_its_panels_scale(scored_run: Path) -> None:
+    html = (scored_run / "report.html").read_text()
+    table = re.search(r'<table class="grid"[^>]*>', html).group(0)
+    assert "style" not in table  # no width cap of its own: the CSS rule below decides
+    assert _css(html, "table.grid") == {"width": "100%", "table-layout": "fixed"}
+    panel = _css(html, ".grid img")
+    assert panel["width"] == "100%" and panel["height"] == "auto" and "max-height" not in panel
+    assert "@media (max-width" in html  # the id column gives way on a narrow screen
+    header, _ = Page(scored_run / "report.html").grid()
+    assert f'<col span="{len(header) - 1}">' in html

@@ -56,12 +56,11 @@ def _seconds(value: float | None) -> str:
 
 def _legend(facts: RunFacts) -> list[tuple[str, str]]:
     """(class name, colour) of the mask colours, when the run names its classes."""
-    names = facts.dataset.get("class_names")
-    if not names:
+    if not facts.class_names:
         return []
     palette = voc_palette()
     return [(name, "#" + bytes(palette[i]).hex())
-            for i, name in enumerate(["background", *names])]
+            for i, name in enumerate(["background", *facts.class_names])]
 
 
 class _Assets:

@@ -25,6 +25,14 @@ from igcam_cli.artifacts import (
 from igcam_cli.datasets import DatasetSpec, GroundTruth, MaskFolder, dataset_format
 from igcam_cli.errors import IgcamError
 
+# Labels of the recorded keys whose name is not already words: the dataset's (as the data
+# options and their inputs record them) and the classifier's abbreviations.
+LABELS = {"voc": "VOC folder", "images": "image folder", "labels": "label file",
+          "coco": "COCO annotations", "coco_images": "COCO image folder",
+          "coco_classes": "COCO classes", "classes": "class list", "num_images": "images",
+          "class_names": "classes", "lr": "learning rate", "head_lr_mult": "head learning-rate "
+          "factor", "fpn": "FPN neck", "fpn_channels": "FPN channels"}
+
 
 @dataclass
 class Step:
@@ -87,6 +95,18 @@ class RunFacts:
     @property
     def scored(self) -> list[Method]:
         return [m for m in self.methods if m.evaluation is not None]
+
+    @property
+    def class_names(self) -> list[str]:
+        """The foreground classes the run names; empty when no manifest recorded them (refine
+        and older cam manifests do not)."""
+        names = self.dataset.get("class_names")
+        return list(names) if isinstance(names, list | tuple) else []
+
+    @property
+    def dataset_rows(self) -> dict[str, Any]:
+        """The dataset's table of the page: its settings and image count, by label."""
+        return labelled({k: v for k, v in self.dataset.items() if k != "class_names"})
 
 
 def _eval_report(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -193,13 +213,34 @@ def read_run(root: Path) -> RunFacts:
     return facts
 
 
+def applicable(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without those that only matter under a switch that is off: a key
+    ``<switch>_...`` goes when the setting ``<switch>`` is false or unset (``fpn_channels``
+    without ``fpn``, ``influence_strength`` without ``influence``), so the page never lists a
+    value the run did not use, and a new option of that form needs no change here."""
+    off = {k for k, v in settings.items() if v is None or v is False}
+    return {k: v for k, v in settings.items()
+            if not any(k.startswith(f"{switch}_") for switch in off)}
+
+
+def label(key: str) -> str:
+    """A setting's name as the page shows it: a readable label for the keys whose Python name
+    says little (``num_images``, ``lr``), else the key with spaces."""
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def labelled(settings: dict[str, Any]) -> dict[str, Any]:
+    """The scalar settings that applied, by their labels, for a table of the page."""
+    return {label(k): v for k, v in applicable(settings).items()
+            if isinstance(v, str | int | float) and not k.endswith("_sha256")}
+
+
 def _training(folder: Path, manifests: list[dict[str, Any]], problems: list[str]) -> Training:
     """A stage's settings (the scalar options of its recipe, which are the ones that change
-    its output) and its per-epoch records."""
+    its output, without those of a switch that is off) and its per-epoch records."""
     manifest = manifests[0] if manifests else {}
     recipe = manifest.get("recipe") or manifest.get("config") or {}
-    settings = {k: v for k, v in recipe.items()
-                if isinstance(v, str | int | float) and not k.endswith("_sha256")}
+    settings = labelled(recipe)
     history = manifest.get("history")
     metrics = RunDir.metrics(folder)
     if metrics.is_file():  # the per-epoch file is the one written as training goes

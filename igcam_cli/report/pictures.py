@@ -1,10 +1,10 @@
 """The picture grid: which images to show, and one row of panels per image.
 
 With ground truth, images are ranked by their own mIoU under the best-scoring evaluated
-method (pseudo-masks before CAMs) and the worst, the median and the best are shown, since
-the first few ids say nothing about where a method fails. Without it, the rows are spread
-evenly over the ids. A row holds the photo, every CAM folder's heatmap, every mask folder's
-pseudo-mask and the ground truth, each scaled down to a panel and written as a JPEG.
+method (pseudo-masks before CAMs) and the worst, the median and the best are shown
+(:mod:`igcam_cli.selection`, which the ``vis/`` overlays choose by too). Without it, the rows
+are spread evenly over the ids. A row holds the photo, every CAM folder's heatmap, every mask
+folder's pseudo-mask and the ground truth, each scaled down to a panel and written as a JPEG.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from igcam_cli import selection
 from igcam_cli.artifacts import RunDir, read_cam, write_image
 from igcam_cli.datasets import GroundTruth
 from igcam_cli.errors import ImageProblem
 from igcam_cli.images import image_size, read_image, read_label_map
 from igcam_cli.masks import seed_labels
-from igcam_cli.metrics import confusion, scores
 from igcam_cli.report.facts import Method, RunFacts
 from igcam_cli.vis import blend, heatmap
 
-PANEL_SIDE = 256  # pixels of a panel's longer side
-GROUPS = ("worst", "median", "best")
+PANEL_SIDE = 320  # pixels of a panel's longer side: four panels across a wide page
 
 
 @dataclass
@@ -78,30 +77,16 @@ def image_miou(method: Method, image_id: str, gt: np.ndarray) -> float | None:
     """One image's mIoU under ``method`` (over the classes present in its ground truth or its
     prediction); 0 for a missing or unreadable prediction, as eval counts it."""
     report = method.evaluation or {}
-    n = len(report.get("iou", {}))
     try:
         pred = prediction(method, image_id)
         if pred.shape != gt.shape:
             return 0.0
-        return scores(confusion(gt, pred, n), bool(report.get("ignore_uncertain"))).miou
+        return selection.image_miou(gt, pred, len(report.get("iou", {})),
+                                    bool(report.get("ignore_uncertain")))
     except ImageProblem:
         return 0.0
     except ValueError:  # ground truth with a class the evaluation did not know
         return None
-
-
-def _positions(count: int, rows: int, ranked: bool) -> list[tuple[int, str | None]]:
-    """Indices into the (ranked) ids to show, each with its group."""
-    if not ranked:
-        return [(int(i), None) for i in np.unique(np.linspace(0, count - 1, rows).round())]
-    if count <= rows:
-        return [(i, GROUPS[min(2, 3 * i // count)]) for i in range(count)]
-    ends = rows // 3
-    middle = rows - 2 * ends
-    start = count // 2 - middle // 2
-    return [*((i, "worst") for i in range(ends)),
-            *((i, "median") for i in range(start, start + middle)),
-            *((i, "best") for i in range(count - ends, count))]
 
 
 def _ranking(facts: RunFacts) -> Method | None:
@@ -116,16 +101,12 @@ def choose(facts: RunFacts, rows: int) -> tuple[list[tuple[str, str | None]], Me
         score = {i: image_miou(ranking, i, gt) for i in facts.gt.ids()
                  if RunDir.image_file(ranking.path, i, ranking.kind).is_file()
                  and (gt := read_truth(facts.gt, i)) is not None}
-        ranked = sorted((i for i, v in score.items() if v is not None),
-                        key=lambda i: (score[i], i))
-        if ranked:
-            return ([(ranked[p], g) for p, g in _positions(len(ranked), rows, True)], ranking,
-                    len(ranked))
+        known = {i: v for i, v in score.items() if v is not None}
+        if known:
+            return selection.pick(known, rows), ranking, len(known)
     source = next((m for m in facts.methods if m.kind == "cams"), None)
     ids = [p.stem for p in RunDir.image_files(source.path)] if source else []
-    if not ids:
-        return [], None, 0
-    return [(ids[p], g) for p, g in _positions(len(ids), rows, False)], None, len(ids)
+    return selection.spread(ids, rows), None, len(ids)
 
 
 def _shrink(array: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarray:

@@ -28,21 +28,22 @@ def _svg(figure: Figure) -> bytes:
 
 def training_curve(history: list[Mapping[str, float]]) -> bytes | None:
     """Loss and training mAP per epoch, side by side (whichever of them the stage records);
-    None when it records neither."""
+    None when it records neither. The mAP (a fraction in ``metrics.json``) is drawn in %, as
+    the page states it and as every other chart of the page draws its scores."""
     epochs = [h["epoch"] for h in history]
-    series = [(key, label, colour) for key, label, colour in (
-        ("loss", "loss", IOU), ("train_map", "mAP", RECALL))
+    series = [(key, label, scale, colour) for key, label, scale, colour in (
+        ("loss", "loss", 1, IOU), ("train_map", "mAP (%)", 100, RECALL))
         if history and all(isinstance(h.get(key), int | float) for h in history)]
     if not series:
         return None
     with rc_context(STYLE):
         figure = Figure(figsize=(3.75 * len(series), 2.4))
-        for axes, (key, label, colour) in zip(
+        for axes, (key, label, scale, colour) in zip(
                 figure.subplots(1, len(series), squeeze=False)[0], series, strict=True):
-            axes.plot(epochs, [h[key] for h in history], marker="o", color=colour)
-            axes.set(xlabel="epoch", ylabel=label, title=f"training {label}")
+            axes.plot(epochs, [scale * h[key] for h in history], marker="o", color=colour)
+            axes.set(xlabel="epoch", ylabel=label, title=f"training {label.split()[0]}")
             if key == "train_map":
-                axes.set_ylim(0, 1.02)
+                axes.set_ylim(0, 102)
             axes.xaxis.get_major_locator().set_params(integer=True)
         return _svg(figure)
 

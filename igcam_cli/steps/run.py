@@ -25,7 +25,7 @@ from typing import Any
 
 from igcam_cli import options
 from igcam_cli.artifacts import DEFAULT_REFINER, PLAIN_CAM, RunDir
-from igcam_cli.datasets import dataset_format
+from igcam_cli.datasets import class_names, dataset_format
 from igcam_cli.methods import cams_threshold, measured_threshold
 from igcam_cli.options import MAX_SIDE, option
 from igcam_cli.refiners import REFINERS, parse_refiners, required_steps
@@ -74,7 +74,10 @@ class RunConfig(DataStepConfig):
                          "first and takes crf's threshold from the sweep of the walked maps.")
     device: str = options.device()
     workers: int = options.workers()
-    vis: int = option(16, "Overlay pictures to write.", min=0)
+    vis: int = option(
+        16, "Overlay pictures to write into RUN/vis: with ground truth a third each of the "
+            "worst, median and best images by their mask mIoU, else spread evenly over the "
+            "images.", min=0)
     strict: bool = options.strict()
     # Options of the CAM methods and of the refiners, by name, as `cam` and `refine` take them.
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -142,7 +145,8 @@ def run(config: RunConfig) -> dict[str, dict]:
             pred=masks, out=folders.eval_report("mask"),
             name=f"pseudo-masks (refine --method {config.refine}, "
                  f"threshold {threshold})", **common))
-    written = write_overlays(cams, masks, gt, folders.step("vis"), config.vis)
+    written = write_overlays(cams, masks, gt, folders.step("vis"), config.vis,
+                             class_names(config.dataset))
     console.print(f"run: {len(written)} overlay pictures in {folders.step('vis')}")
     report(ReportConfig(run=config.run))  # last: it shows every step above
     return reports
