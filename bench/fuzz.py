@@ -1,11 +1,14 @@
-"""The heavy fault suite: many seeded rounds of corrupted inputs for every step, and kills at
-random points for train-cls, cam, refine and propose, each resumed and compared with an
-uninterrupted run. ``tests/test_fuzz.py`` is its one-round version; the checks are shared
-(``tests/fuzzing.py``).
+"""The heavy fault suite: rounds of the hostile-input corpus of issue 24 (``tests/hostile.py``,
+each round with other drawn details), many seeded rounds of corrupted inputs for every step,
+and kills at random points for train-cls, cam, refine and propose, each resumed and compared
+with an uninterrupted run. ``tests/test_hostile.py`` and ``tests/test_fuzz.py`` are its
+one-round versions; the checks are shared (``tests/fuzzing.py``).
 
 Usage (from the repository root, a few minutes on 2 cores):
-    python bench/fuzz.py [--rounds 5] [--kills 2] [--work bench/runs/fuzz]
-Prints one line per step (inputs tried, problems) and exits 1 if any check failed.
+    python bench/fuzz.py [--hostile 3] [--rounds 5] [--kills 2] [--work bench/runs/fuzz]
+Prints a table of the hostile cases per input kind (cases, then tracebacks, signals, hangs,
+silent wrong results, mixed folders, writes outside the run and other problems), one line per
+step for the rest, and exits 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fuzzing import (  # noqa: E402 - the shared checks live beside the tests
     FILE_CORRUPTIONS,
     NPZ_CORRUPTIONS,
+    PROBLEMS,
+    check_case,
     check_run,
     corrupt_copy,
+    forked,
     igcam,
     snapshot,
 )
+from hostile import GENERATORS  # noqa: E402
 
 from igcam_cli.artifacts import read_npz  # noqa: E402
 from igcam_cli.demo_data import make_demo_dataset  # noqa: E402
@@ -75,6 +82,38 @@ def corrupted_rounds(work: Path, data: Path, run: Path, cams: Path, rounds: int
                 problems = check_run(result, case, before, [case / "run"], None, "")
             _tally(figures, step, len(done), problems, done)
     return figures
+
+
+HOSTILE_TIMEOUT = 120  # seconds per case; each takes well under one
+
+
+def hostile_rounds(work: Path, data: Path, rounds: int) -> dict[str, dict[str, int]]:
+    """input kind -> {"cases": n, problem kind: count}, over ``rounds`` of the corpus, each
+    case run in a forked child (a signal or hang there is counted, not fatal)."""
+    table: dict[str, dict[str, int]] = {}
+    for round_index in range(rounds):
+        for kind, generate in GENERATORS.items():
+            row = table.setdefault(kind, dict.fromkeys(("cases", *PROBLEMS), 0))
+            rng = np.random.default_rng((24, round_index, len(kind)))
+            for index, case in enumerate(generate(data, rng)):
+                folder = work / f"{round_index}" / kind.replace(" ", "-") / str(index)
+                result, problems = check_case(case, folder,
+                                              lambda args: forked(args, HOSTILE_TIMEOUT))
+                row["cases"] += 1
+                for problem in problems:
+                    row[problem.split(":")[0].split()[0]] += 1
+                if problems:
+                    print(f"  {kind}: {case.name}: {problems}", flush=True)
+    return table
+
+
+def _print_table(table: dict[str, dict[str, int]]) -> None:
+    columns = ("cases", *PROBLEMS)
+    print("| input kind | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    total = {c: sum(row[c] for row in table.values()) for c in columns}
+    for kind, row in [*table.items(), ("all", total)]:
+        print(f"| {kind} | " + " | ".join(str(row[c]) for c in columns) + " |")
 
 
 def _tally(figures: dict[str, list[int]], step: str, corrupted: int, problems: list[str],
@@ -156,6 +195,7 @@ def _same(step: str, reference: Path, out: Path) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hostile", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kills", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("bench/runs/fuzz"))
@@ -163,6 +203,16 @@ def main() -> int:
     work = options.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     data = make_demo_dataset(work / "data", n_train=24, size=64, seed=3)
+    # First, while this process has run no torch work that a forked child could inherit
+    # locked (its thread pools).
+    started = time.perf_counter()
+    table = hostile_rounds(work / "hostile", data, options.hostile)
+    if table:
+        _print_table(table)
+        print(f"hostile inputs: {time.perf_counter() - started:.0f} s")
+    failed = sum(row[p] for row in table.values() for p in PROBLEMS)
+    if not options.rounds and not options.kills:
+        return 1 if failed else 0
     run = work / "run"
     for args in (("train-cls", "--run", run, "--voc", data, *TRAIN),
                  ("cam", "--run", run, "--voc", data, "--device", "cpu"),
@@ -174,7 +224,6 @@ def main() -> int:
     started = time.perf_counter()
     corrupted = corrupted_rounds(work / "corrupt", data, run, run / "cam", options.rounds)
     killed = kills(work / "kill", data, run, run / "cam", options.kills)
-    failed = 0
     for step, (inputs, runs, problems) in corrupted.items():
         print(f"{step}: {inputs} corrupted inputs in {runs} runs, {problems} problems")
         failed += problems

@@ -33,10 +33,14 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
+# PIL refuses images past this many pixels (about 179 million) as decompression bombs.
+MAX_IMAGE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
 def _too_large(path: Path) -> ImageProblem:
     """PIL refuses images past about 179 megapixels: a decompression bomb or a scan no CAM
     step could hold in memory, so it is that image's problem, not the step's crash."""
-    return ImageProblem(f"{path}: image too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+    return ImageProblem(f"{path}: image too large (over {MAX_IMAGE_PIXELS:,} pixels, "
                         "PIL's decompression-bomb limit)")
 
 

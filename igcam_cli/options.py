@@ -134,19 +134,28 @@ def shard() -> Any:
                         "RANK/WORLD_SIZE by itself (no --shard).", panel=MACHINE)
 
 
+# More processes than any machine has cores; a count past a C int stopped the process pool
+# with a traceback.
+MAX_WORKERS = 1024
+
+
 def workers(default: int = 1) -> Any:
-    return option(default, "Worker processes for CPU-bound work.", min=1, panel=MACHINE)
+    return option(default, "Worker processes for CPU-bound work.", min=1, max=MAX_WORKERS,
+                  panel=MACHINE)
 
 
 # Threads of --io-workers: on the 2-core development machine 2 gave the most CAM files per
-# second of the values tried (bench/cam_io.py, bench/RESULTS.md).
+# second of the values tried (bench/cam_io.py, bench/RESULTS.md). At most MAX_IO_WORKERS:
+# the runner holds 2N images in flight, and a count past a C int stopped it with a traceback.
 DEFAULT_IO_WORKERS = 2
+MAX_IO_WORKERS = 256
 
 
 def io_workers() -> Any:
     return option(DEFAULT_IO_WORKERS, "Threads that decode images ahead of the main thread's "
                   "work and compress and write outputs behind it (0: everything on the main "
-                  "thread, one image after the other).", min=0, panel=MACHINE)
+                  "thread, one image after the other).", min=0, max=MAX_IO_WORKERS,
+                  panel=MACHINE)
 
 
 def checkpoint() -> Any:

@@ -183,12 +183,15 @@ def check_id(image_id: str, where: str) -> str:
 
 
 def read_split(path: Path) -> list[str]:
-    """The image ids of a split file: the first word of every non-empty line."""
+    """The image ids of a split file: the first word of every non-empty line, each once (an
+    id listed twice, as splits joined with ``cat`` list it, is one image and one output
+    file)."""
     if not path.is_file():
         raise IgcamError(f"split file {path} not found")
-    ids = [check_id(line.split()[0], f"{path} line {number}")
-           for number, line in enumerate(read_user_text(path, "split file").splitlines(), start=1)
-           if line.strip()]
+    ids = list(dict.fromkeys(
+        check_id(line.split()[0], f"{path} line {number}")
+        for number, line in enumerate(read_user_text(path, "split file").splitlines(), start=1)
+        if line.strip()))
     if not ids:
         raise IgcamError(f"split file {path} is empty")
     return ids

@@ -35,7 +35,7 @@ from igcam_cli.datasets.base import (
     read_class_names,
 )
 from igcam_cli.errors import IgcamError, ImageProblem
-from igcam_cli.images import IGNORE, image_size
+from igcam_cli.images import IGNORE, MAX_IMAGE_PIXELS, image_size
 
 # COCO category name -> VOC class name, for the COCO names VOC spells otherwise; the other
 # VOC classes have the same name in COCO.
@@ -86,6 +86,9 @@ def _read_index(path: Path, stamp: tuple[int, int]) -> CocoIndex:
         if not isinstance(entry, dict) or not _ints(entry, ("id",)) \
                 or not isinstance(entry.get("name"), str):
             raise IgcamError(f"{path}: a category without an integer 'id' and a 'name'")
+        if entry["id"] in categories:  # its annotations would silently go to the last one
+            raise IgcamError(f"{path}: categories {categories[entry['id']]!r} and "
+                             f"{entry['name']!r} share the id {entry['id']}")
         categories[entry["id"]] = entry["name"]
     if not categories:
         raise IgcamError(f"{path}: 'categories' is empty: a dataset needs at least one class")
@@ -105,6 +108,9 @@ def _read_index(path: Path, stamp: tuple[int, int]) -> CocoIndex:
                 or not isinstance(entry.get("file_name"), str):
             raise IgcamError(f"{path}: an image without integer 'id', 'height', 'width' and "
                              "a 'file_name'")
+        if entry["height"] < 1 or entry["width"] < 1:
+            raise IgcamError(f"{path} image {entry['id']}: size {entry['width']}x"
+                             f"{entry['height']} is not an image's")
         name = entry["file_name"]
         image_id = check_id(Path(name).stem, f"{path} image {entry['id']}")
         if Path(name).name != name:
@@ -174,6 +180,37 @@ def _check_polygons(polygons: list[Any], height: int, width: int) -> None:
             raise ImageProblem(f"a polygon point far outside the {width}x{height} image")
 
 
+def _run_lengths(counts: str | bytes) -> list[int]:
+    """The run lengths of a compressed RLE string, read as pycocotools' ``rleFrString`` reads
+    them (6-bit groups, the high bit "more", every run after the second a difference)."""
+    data = counts.encode("latin-1") if isinstance(counts, str) else counts
+    runs: list[int] = []
+    position = 0
+    while position < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(data):
+                raise ImageProblem("an RLE mask cut short")
+            group = data[position] - 48
+            value |= (group & 0x1F) << shift
+            more, position, shift = bool(group & 0x20), position + 1, shift + 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
+
+
+def _check_rle(counts: Any, height: int, width: int) -> None:
+    """An RLE mask whose runs cover the image exactly: pycocotools decodes any string, and
+    garbage became a mask of whatever it spelled."""
+    try:
+        runs = _run_lengths(counts) if isinstance(counts, str | bytes) else list(counts)
+    except (TypeError, UnicodeEncodeError):
+        raise ImageProblem("an RLE mask whose counts are not run lengths") from None
+    if not all(isinstance(run, int) and run >= 0 for run in runs) or sum(runs) != height * width:
+        raise ImageProblem(f"an RLE mask whose runs do not cover the {width}x{height} image")
+
+
 def _decode(segmentation: Any, height: int, width: int) -> np.ndarray:
     """One annotation's (H, W) uint8 mask from its polygons, RLE or compressed RLE."""
     from pycocotools import mask as coco_mask
@@ -183,8 +220,10 @@ def _decode(segmentation: Any, height: int, width: int) -> np.ndarray:
             _check_polygons(segmentation, height, width)
             rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
         elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+            _check_rle(segmentation["counts"], height, width)
             rle = coco_mask.frPyObjects(segmentation, height, width)
         elif isinstance(segmentation, dict):
+            _check_rle(segmentation.get("counts"), height, width)
             rle = segmentation
         else:
             raise TypeError("no polygon or RLE")
@@ -231,8 +270,12 @@ class CocoTruth(GroundTruth):
         return image_id in self.images
 
     def read(self, image_id: str) -> np.ndarray:
+        image = self.images[image_id]
+        if image.height * image.width > MAX_IMAGE_PIXELS:  # its label map would not fit
+            raise ImageProblem(f"{self.where(image_id)}: size {image.width}x{image.height} is "
+                               f"over {MAX_IMAGE_PIXELS:,} pixels, larger than any image read")
         try:
-            return rasterise(self.images[image_id], self.classes)
+            return rasterise(image, self.classes)
         except ImageProblem as problem:
             raise ImageProblem(f"{self.where(image_id)}: {problem}") from None
 
@@ -271,7 +314,12 @@ class Coco(DatasetFormat):
     def class_names(self, spec: DatasetSpec) -> tuple[str, ...]:
         if spec.coco_classes == "voc":
             return VOC_CLASSES
-        return tuple(dict.fromkeys(name for _, name in self._index(spec).categories))
+        # Categories named alike, in any case, are one class: class names are compared
+        # ignoring case everywhere (labels files, class lists), the first spelling kept.
+        names: dict[str, str] = {}
+        for _, name in self._index(spec).categories:
+            names.setdefault(name.lower(), name)
+        return tuple(names.values())
 
     def ground_truth(self, spec: DatasetSpec) -> CocoTruth:
         index = self._index(spec)

@@ -115,5 +115,11 @@ class Folder(DatasetFormat):
         if missing:
             problems.append(f"{spec.labels}: {len(missing)} labelled image(s) not found in "
                             f"{folder}, e.g. {missing[0]}")
-        samples = [Sample(check_id(f.stem, str(f)), f, labels.get(f.stem)) for f in files]
-        return Dataset(samples, class_names, problems)
+        samples: dict[str, Sample] = {}
+        for f in files:  # photo.jpg and photo.png: one id, and so one output file for both
+            if f.stem in samples:
+                problems.append(f"{f}: skipped, {samples[f.stem].image.name} has the same id "
+                                f"{f.stem!r} (rename one of them)")
+                continue
+            samples[f.stem] = Sample(check_id(f.stem, str(f)), f, labels.get(f.stem))
+        return Dataset(list(samples.values()), class_names, problems)
