@@ -99,6 +99,22 @@ def _eigencam() -> np.ndarray:
     return np.repeat(projection.reshape(1, 4, 4), 2, axis=0)
 
 
+def _scorecam() -> np.ndarray:
+    """Each channel's map, enlarged and scaled to [0, 1], masks the image (the backbone's mean
+    is 0, so masked out is black); softmax over channels of each class's logit weighs them."""
+    image, features = _image().numpy(), _features()
+    masks = resize(torch.from_numpy(features)[None], (64, 64))[0].numpy()
+    low = masks.min(axis=(1, 2), keepdims=True)
+    masks = (masks - low) / np.maximum(masks.max(axis=(1, 2), keepdims=True) - low, 1e-7)
+    logits = []
+    for mask in masks:
+        cells = (image * mask).reshape(3, 4, 16, 4, 16).mean(axis=(2, 4)).mean(axis=(1, 2))
+        logits.append(WEIGHTS @ np.append(cells, 1.0))
+    scores = np.exp(np.array(logits) - np.max(logits, axis=0))
+    weights = scores / scores.sum(axis=0)  # (channels, K)
+    return np.einsum("nk,nhw->khw", weights, features)
+
+
 EXPECTED = {
     # the mean gradient is W / (h w): the plain CAM, up to the scale normalising removes
     "gradcam": lambda: _linear(WEIGHTS),
@@ -107,6 +123,7 @@ EXPECTED = {
     "layercam": lambda: _linear(np.maximum(WEIGHTS, 0)),  # negative gradients dropped
     "gradcampp": _gradcampp,
     "eigencam": _eigencam,
+    "scorecam": _scorecam,
 }
 
 
@@ -114,7 +131,8 @@ EXPECTED = {
 def test_maps_follow_the_formula(context: MethodContext, name: str) -> None:
     image = _image()
     incoming = torch.rand(2, 64, 64)
-    maps = Chain([name], context, {})(context.dataset.samples[0], image, incoming, [0, 1])
+    options = {"scorecam": METHODS["scorecam"].Options(channels=4, batch=3)}  # every channel
+    maps = Chain([name], context, options)(context.dataset.samples[0], image, incoming, [0, 1])
     torch.testing.assert_close(maps, _expected(EXPECTED[name]()), rtol=1e-4, atol=1e-5)
 
 

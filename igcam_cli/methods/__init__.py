@@ -27,6 +27,7 @@ from igcam_cli.methods.hirescam import HiResCam
 from igcam_cli.methods.igcam import InstanceGuided
 from igcam_cli.methods.layercam import LayerCam
 from igcam_cli.methods.lpcam import Lpcam
+from igcam_cli.methods.scorecam import ScoreCam
 from igcam_cli.methods.xgradcam import XGradCam
 from igcam_cli.options import parse_chain
 from igcam_cli.registry import PartChain, Registry
@@ -42,6 +43,7 @@ METHODS.register(XGradCam)
 METHODS.register(LayerCam)
 METHODS.register(HiResCam)
 METHODS.register(EigenCam)
+METHODS.register(ScoreCam)
 
 
 # The plain CAM's best background threshold with the default classifier on voc-real (302
