@@ -12,7 +12,9 @@ line and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import importlib
 import importlib.resources
 import inspect
@@ -442,7 +444,15 @@ def _run(args: list[str]) -> int:
         return 2
     except OSError as error:
         reason = error.strerror or str(error)
-        print_error(f"{os.fsdecode(error.filename)}: {reason}" if error.filename else reason)
+        if error.filename is None:
+            print_error(reason)
+            return 2
+        path = Path(os.fsdecode(error.filename))
+        if error.errno == errno.ENOSPC:  # how much room there is, where it ran out
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists()))
+                reason += f" ({free.free / 2**20:.0f} MB free of {free.total / 2**30:.1f} GB)"
+        print_error(f"{path}: {reason}")
         return 2
     except (KeyboardInterrupt, Abort):
         code = INTERRUPTED

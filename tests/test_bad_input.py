@@ -6,6 +6,7 @@ as its own process, as a shell does.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from harness import igcam, igcam_process, one_line_error
 
+import igcam_cli.steps.status as status_step
 from igcam_cli.artifacts import RunDir
 from igcam_cli.training.stage1 import Stage1
 
@@ -334,3 +336,16 @@ def test_a_weights_file_with_code_in_it_is_one_sanitised_line(
                    "resnet50", "--weights", evil, "--epochs", "1")
     one_line_error(result, "weights file", "holds more than tensors")
     assert "weights_only" not in result.stderr and "code ran" not in result.stdout
+
+
+def test_a_full_disk_names_the_file_and_the_room_left(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk mid-step: the file it could not write, and how much room is left there."""
+    target = tmp_path / "run" / "report.html"
+
+    def full(config: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(status_step, "status", full)
+    one_line_error(igcam("status", "--run", tmp_path), f"{target}: No space left on device (",
+                   "MB free of")
