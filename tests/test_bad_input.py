@@ -299,8 +299,8 @@ def test_a_refused_dataset_leaves_no_step_folder_behind(tmp_path: Path) -> None:
 
 
 def test_an_unknown_method_lists_the_methods_plainly(tmp_path: Path) -> None:
-    one_line_error(igcam("cam", "--run", tmp_path, "--method", "gradcam"),
-                   "--method must be cam or one of these", "lpcam", "got 'gradcam'")
+    one_line_error(igcam("cam", "--run", tmp_path, "--method", "smoothgradcam"),
+                   "--method must be cam or one of these", "lpcam", "got 'smoothgradcam'")
 
 
 def test_images_left_without_a_class_are_counted_and_said(own_run: Path, tiny_voc: Path,

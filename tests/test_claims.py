@@ -204,3 +204,29 @@ def test_training_steps_hold_their_folder(step: str, trained_run: Path, tiny_voc
         assert not list(folder.glob("*.pt"))
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_a_killed_run_s_forked_workers_do_not_keep_its_folder(tmp_path: Path) -> None:
+    """Workers forked by a step (data loaders, per-image processes) outlive a ``kill -9`` of
+    it for a while; they must not hold its claim, or the rerun is refused as a second writer."""
+    script = ("import multiprocessing, os, signal, sys, time\n"
+              "from pathlib import Path\n"
+              "from igcam_cli.artifacts import Claim, Shard\n"
+              "claim = Claim(Path(sys.argv[1]), Shard(), 'train-cls')\n"
+              "worker = multiprocessing.get_context('fork').Process(target=time.sleep,"
+              " args=(60,))\n"
+              "worker.start()\n"
+              "print(worker.pid, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    # not run(): the orphan keeps the output pipe open, so wait for the process alone
+    killed = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert killed.stdout is not None
+    worker = int(killed.stdout.readline())
+    assert killed.wait(timeout=60) == -9
+    killed.stdout.close()
+    try:
+        os.kill(worker, 0)  # the orphaned worker still runs ...
+        Claim(tmp_path, Shard(), "train-cls").done()  # ... and the folder is free
+    finally:
+        os.kill(worker, 9)

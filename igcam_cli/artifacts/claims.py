@@ -15,6 +15,7 @@ claim once the manifest is written.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -75,6 +76,23 @@ def holder(path: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+# The descriptors of the claims this process holds. A forked child (a data-loading or
+# per-image worker) inherits them, and a flock lasts while any process holds a descriptor of
+# it: a run killed with -9 would leave its folder locked until its workers noticed and
+# exited. So every forked child closes them at once; the parent alone holds its claims.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 def _same_file(fd: int, path: Path) -> bool:
     """Whether ``path`` still names the file open as ``fd``: a lock taken on a claim that its
     holder removed meanwhile (it finished) locks nothing anyone else will look at."""
@@ -119,6 +137,7 @@ class Claim:
                 break
             os.close(fd)  # the holder finished and removed it: claim the folder afresh
         self.fd: int | None = fd
+        _HELD.add(fd)
         content = _content(fd)
         # a stopped run's claim on the outputs (its recipe), or None
         self.previous = content if content is not None and made_outputs(content) else None
@@ -157,5 +176,6 @@ class Claim:
             return
         if not self.written and self.previous is None:
             self.path.unlink(missing_ok=True)
+        _HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = None

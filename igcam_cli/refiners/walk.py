@@ -20,6 +20,9 @@ from igcam_cli.options import option
 from igcam_cli.refiners.base import Maps, Refiner
 from igcam_cli.transforms import to_tensor
 
+# Pairs per grid cell grow with the radius squared (about 1,600 at 32 against IRN's 40 at 5):
+# beyond this a walk's pair list would not fit in memory for a photo of ordinary size.
+MAX_RADIUS = 32
 
 @dataclass(frozen=True)
 class WalkOptions:
@@ -29,7 +32,7 @@ class WalkOptions:
                          above=0)
     steps: int = option(256, "Random-walk steps (IRN: 256).", min=1)
     radius: int = option(5, "Pairs within this many grid cells (stride 4) are linked (IRN: 5).",
-                         min=2)
+                         min=2, max=MAX_RADIUS)
 
 
 class RandomWalk(Refiner):
@@ -66,7 +69,8 @@ class ParOptions:
         0.5, "Colour scale: neighbours whose colour differs by this many of the image's "
              "colour standard deviations get affinity exp(-1/2).", above=0)
     steps: int = option(64, "Propagation steps.", min=1)
-    radius: int = option(5, "Pairs within this many grid cells (stride 4) are linked.", min=2)
+    radius: int = option(5, "Pairs within this many grid cells (stride 4) are linked.", min=2,
+                         max=MAX_RADIUS)
 
 
 class ColourWalk(Refiner):
