@@ -34,7 +34,7 @@ def test_options_are_grouped_in_panels(monkeypatch: pytest.MonkeyPatch) -> None:
     sections = [line for line in text.splitlines() if line and not line[0].isspace()]
     assert sections[1:] == ["Options:", "Data:", "Device and workers:", "Resume and errors:",
                             "CAM method igcam:", "CAM method lpcam:", "CAM method ccam:",
-                            "CAM method cpmc:"]
+                            "CAM method cpmc:", "CAM method scorecam:"]  # those with options
     assert "  --flip / --no-flip " in text and "<bool>" not in text
     # --help gives an option's first sentence; explain all of it
     assert "Labels come from the masks" not in text
