@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness import copy_run, igcam, one_line_error
+from harness import copy_run, igcam, ok, one_line_error
 from PIL import Image
 
 from igcam_cli.affinity import (
@@ -150,6 +150,25 @@ def test_train_aff_resumes_to_the_uninterrupted_weights(cam_run: Path, tmp_path:
     assert len(masks) == 24 and Image.open(masks[0]).mode == "P"
 
 
+@pytest.mark.parametrize(("method", "given", "used"), [
+    ("cam", (), (0.30, 0.05)),  # IRN's, for the CAM's scale
+    ("lpcam", (), (0.70, 0.45)),  # measured for LPCAM's maps
+    ("lpcam", ("--bg-threshold", "0.2"), (0.70, 0.2)),  # what is given wins
+])
+def test_train_aff_takes_its_targets_from_the_cams_method(
+        cam_run: Path, tmp_path: Path, method: str, given: tuple, used: tuple) -> None:
+    run = copy_run(cam_run, tmp_path / "run", "train-cls", "cam")
+    made = run / "cam" / "manifest.json"
+    manifest = json.loads(made.read_text())
+    manifest["config"]["method"] = method  # the same maps, said to be this method's
+    made.write_text(json.dumps(manifest))
+    ok(igcam("train-aff", "--run", run, *ARGS, *given))
+    trained = json.loads((run / "train-aff" / "manifest.json").read_text())
+    assert (trained["config"]["fg_threshold"], trained["config"]["bg_threshold"]) == used
+    assert trained["inputs"]["target_thresholds_from"] == (
+        "IRN's, for CAMs" if method == "cam" else "measured for lpcam's maps")
+
+
 def test_train_aff_bad_inputs(cam_run: Path, tmp_path: Path) -> None:
     one_line_error(igcam("train-aff", "--run", tmp_path / "empty", "--device", "cpu"),
                    "no CAM files")
@@ -192,6 +211,7 @@ def test_run_takes_crf_s_threshold_from_the_walked_maps(tiny_voc: Path, tmp_path
     assert Path(masks["cams"]) == run / "refine-lpcam-rw" / "scores"
     aff = json.loads((run / "train-aff" / "manifest.json").read_text())["config"]
     assert Path(aff["cams"]) == run / "cam-lpcam"
+    assert (aff["fg_threshold"], aff["bg_threshold"]) == (0.70, 0.45)  # LPCAM's targets
     assert (run / "train-aff" / "affinity.pt").is_file()
     mask = json.loads((run / "eval" / "mask.json").read_text())
     assert f"threshold {walk['threshold']}" in mask["config"]["name"]

@@ -57,10 +57,45 @@ def measured_threshold(spec: str) -> float:
     that has been measured (a later unmeasured stage reweights its base's maps), else the plain
     CAM's. ``refine`` uses it when no threshold is given, so that a user without pixel labels
     gets the threshold that measured best for the method that made the CAMs."""
+    measured = _last_measured(spec, "threshold")
+    return CAM_THRESHOLD if measured is None else measured
+
+
+# IRN's affinity targets for CAMs: confident foreground above 0.30, background below 0.05.
+CAM_TARGETS = (0.30, 0.05)
+
+
+def _last_measured(spec: str, attribute: str) -> Any:
+    """The value of ``attribute`` of the last stage of method ``spec`` that has one (a later
+    unmeasured stage reweights its base's maps), else None."""
     for name in reversed(parse_methods(spec)):
-        if METHODS[name].threshold is not None:
-            return METHODS[name].threshold
-    return CAM_THRESHOLD
+        if (value := getattr(METHODS[name], attribute)) is not None:
+            return value
+    return None
+
+
+def cams_method(cams: Path) -> str | None:
+    """The CAM method that the folder's ``cam`` manifest names, if it is one this version
+    knows; None for other maps (a refiner's saved scores, shards not merged, ...)."""
+    origin = made_by(cams)
+    method = origin.method if origin is not None and origin.step == "cam" else None
+    if method is None:
+        return None
+    try:
+        parse_methods(method)
+    except IgcamError:
+        return None
+    return method
+
+
+def cams_targets(cams: Path) -> tuple[tuple[float, float], str]:
+    """The affinity-target thresholds measured for the maps in ``cams`` and where they come
+    from; ``train-aff`` takes them when its thresholds are not given."""
+    method = cams_method(cams)
+    targets = None if method is None else _last_measured(method, "target_thresholds")
+    if targets is None:
+        return CAM_TARGETS, "IRN's, for CAMs"
+    return targets, f"measured for {method}'s maps"
 
 
 def cams_threshold(cams: Path) -> tuple[float, str]:
@@ -68,14 +103,10 @@ def cams_threshold(cams: Path) -> tuple[float, str]:
     method that the folder's ``cam`` manifest names, or the plain CAM's for other maps (a
     refiner's saved scores, a folder whose shards are not merged, a method this version does
     not know). ``refine`` and ``run`` take it when no threshold is given."""
-    origin = made_by(cams)
-    method = origin.method if origin is not None and origin.step == "cam" else None
-    if method is not None:
-        try:
-            return measured_threshold(method), f"measured best for {method}'s maps"
-        except IgcamError:  # a method this version does not know
-            pass
-    return CAM_THRESHOLD, "the CAM's measured best; the maps' method is unknown"
+    method = cams_method(cams)
+    if method is None:
+        return CAM_THRESHOLD, "the CAM's measured best; the maps' method is unknown"
+    return measured_threshold(method), f"measured best for {method}'s maps"
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -106,5 +137,6 @@ def method_help() -> str:
                     for name, method in METHODS.items())
 
 
-__all__ = ["CAM_THRESHOLD", "METHODS", "CamMethod", "Chain", "MethodContext", "cams_threshold",
-           "measured_threshold", "method_help", "parse_methods"]
+__all__ = ["CAM_TARGETS", "CAM_THRESHOLD", "METHODS", "CamMethod", "Chain", "MethodContext",
+           "cams_method", "cams_targets", "cams_threshold", "measured_threshold", "method_help",
+           "parse_methods"]

@@ -51,6 +51,10 @@ class CamMethod(Part, abc.ABC):
     # classifier, bench/RESULTS.md), which ``refine`` uses when none is given; None: not
     # measured. Methods differ: LPCAM's maps stand higher on the object than the CAM's.
     threshold: ClassVar[float | None] = None
+    # The (foreground, background) thresholds at which this method's maps make confident
+    # targets for ``train-aff`` (its maps live on their own scale, like ``threshold``); None:
+    # not measured, a chain keeps its previous stage's, else IRN's for the plain CAM.
+    target_thresholds: ClassVar[tuple[float, float] | None] = None
 
     @abc.abstractmethod
     def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,

@@ -19,7 +19,7 @@ exactly; the final ``affinity.pt`` holds the whole network (weights only).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ from igcam_cli.artifacts import (
 from igcam_cli.datasets import Sample
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import IGNORE, read_image, read_label_map, save_label_map
+from igcam_cli.methods import cams_targets
 from igcam_cli.models import load_classifier
 from igcam_cli.options import option
 from igcam_cli.refiners.base import Maps
@@ -81,11 +82,13 @@ class AffinityConfig:
     cams: Path | None = option(None, "CAM folder the targets come from (default RUN/cam); "
                                      "any --method's.")
     checkpoint: Path | None = options.checkpoint()
-    fg_threshold: float = option(
-        0.30, "CAM score above which a pixel is confident foreground (IRN: 0.30).",
+    fg_threshold: float | None = option(
+        None, "CAM score above which a pixel is confident foreground. Default: the one "
+              "measured for the CAM folder's method (lpcam 0.70), else IRN's 0.30.",
         above=0, below=1)
-    bg_threshold: float = option(
-        0.05, "Best CAM score below which a pixel is confident background (IRN: 0.05).",
+    bg_threshold: float | None = option(
+        None, "Best CAM score below which a pixel is confident background. Default: the one "
+              "measured for the CAM folder's method (lpcam 0.45), else IRN's 0.05.",
         above=0, below=1)
     radius: int = option(10, "Pairs within this many grid cells (stride 4) are trained "
                              "(IRN: 10).", min=2, max=16)
@@ -176,13 +179,20 @@ def _target_statistics(labels_dir: Path, samples: list[Sample]) -> dict[str, flo
 def train_aff(config: AffinityConfig) -> Path:
     """Make the targets, train the boundary head; returns the final checkpoint's path."""
     options.check(config)
-    if config.bg_threshold >= config.fg_threshold:
-        raise IgcamError("--bg-threshold must be below --fg-threshold")
     run = RunDir(config.run)
     cams = config.cams or run.cam()
     files = RunDir.image_files(cams)
     if not files:
         raise run.no_cams(cams)
+    # The targets' thresholds follow the maps' scale, as refine's threshold does; the
+    # manifest records the values used and where they came from.
+    (fg, bg), origin = cams_targets(cams)
+    config = replace(config,
+                     fg_threshold=fg if config.fg_threshold is None else config.fg_threshold,
+                     bg_threshold=bg if config.bg_threshold is None else config.bg_threshold)
+    if config.bg_threshold >= config.fg_threshold:
+        raise IgcamError(f"--bg-threshold ({config.bg_threshold}) must be below "
+                         f"--fg-threshold ({config.fg_threshold})")
     checkpoint = config.checkpoint or run.classifier()
     device = resolve_device(config.device)
     classifier, payload = load_classifier(checkpoint, device)
@@ -195,7 +205,8 @@ def train_aff(config: AffinityConfig) -> Path:
         record = StepRecord("train-aff", jsonable(asdict(config)))
         record.inputs = {"cams": str(cams), "num_cams": len(files),
                          "images_fingerprint": fingerprint(p.stem for p in files),
-                         "checkpoint_sha256": sha256_file(checkpoint)}
+                         "checkpoint_sha256": sha256_file(checkpoint),
+                         "target_thresholds_from": origin}
         record.extra["recipe"] = recipe_of(record, TRAINING_ONLY)
         if trained_already("train-aff", final, record, type(config)):
             return final
