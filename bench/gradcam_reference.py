@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--scorecam-images", type=int, default=2)
     parser.add_argument("--max-side", type=int, default=320)
+    parser.add_argument("--methods", default=",".join(PAIRS), help="comma list of PAIRS keys")
     args = parser.parse_args()
 
     reference = import_reference(args.reference)
@@ -107,7 +108,8 @@ def main() -> None:
               f"{args.checkpoint}, pytorch-grad-cam from {args.reference}")
         print("| method | maps | correlation mean | worst | max abs difference mean | worst |")
         print("|---|---|---|---|---|---|")
-        for name, theirs in PAIRS.items():
+        for name in args.methods.split(","):
+            theirs = PAIRS[name]
             ours = Chain([name], context, options)
             cam = getattr(reference, theirs)(model=wrapped, target_layers=[model.backbone])
             count = args.scorecam_images if name == "scorecam" else len(samples)

@@ -84,7 +84,7 @@ def _linear(weights: np.ndarray) -> np.ndarray:
 def _gradcampp() -> np.ndarray:
     grads = WEIGHTS / 16  # (K, D), the same at every position
     totals = _features().sum(axis=(1, 2))  # (D,)
-    alpha = grads**2 / (2 * grads**2 + totals * grads**3 + 1e-7)
+    alpha = grads**2 / (2 * grads**2 + totals * grads**3 + 1e-6)
     alpha[grads == 0] = 0
     return _linear(16 * np.maximum(grads, 0) * alpha)
 

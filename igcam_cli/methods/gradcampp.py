@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from igcam_cli.methods.gradient import EPSILON, GradientCam, spatial_sum
+from igcam_cli.methods.gradient import GradientCam, spatial_sum
+
+# pytorch-grad-cam's constant in alpha's denominator. It is not negligible: with a pooled head
+# the gradients are about 1e-4 (a weight over h * w), so the squared and cubed terms are far
+# below it, and another constant gives other maps (1e-7: correlation 0.95 at worst with the
+# reference's on voc-real photos).
+EPSILON = 1e-6
 
 
 class GradCamPlusPlus(GradientCam):

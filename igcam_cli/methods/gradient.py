@@ -27,7 +27,7 @@ from igcam_cli.methods.base import CamMethod
 from igcam_cli.methods.multiscale import multiscale_maps
 from igcam_cli.transforms import normalise
 
-EPSILON = 1e-7  # pytorch-grad-cam's, in the ratios of Grad-CAM++ and XGrad-CAM
+EPSILON = 1e-7  # pytorch-grad-cam's, in XGrad-CAM's ratio
 
 
 def class_gradients(model: torch.nn.Module, features: torch.Tensor, classes: list[int]
