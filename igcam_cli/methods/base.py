@@ -11,6 +11,7 @@ option with :func:`igcam_cli.options.option`; the CLI offers it as ``--<name>-<f
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -19,8 +20,10 @@ import torch
 
 from igcam_cli.artifacts import RunDir
 from igcam_cli.datasets import Dataset, Sample
+from igcam_cli.methods.multiscale import multiscale_maps
 from igcam_cli.models import CamNet
 from igcam_cli.registry import Part
+from igcam_cli.transforms import normalise
 
 
 @dataclass(frozen=True)
@@ -63,3 +66,27 @@ class CamMethod(Part, abc.ABC):
 
         ``image`` is (3, H, W) in [0, 1] on the model's device; ``cams`` (K, H, W) on it too.
         """
+
+
+class HeadCam(CamMethod, abc.ABC):
+    """A method whose maps are a head's over every scale and flip of the image, as the CAM's
+    are (:func:`~igcam_cli.methods.multiscale.multiscale_maps`): the gradient family,
+    Eigen-CAM, Score-CAM. It makes the maps of the image's classes from the network itself, so
+    in a chain it replaces the incoming maps (put it first: ``gradcampp+lpcam``)."""
+
+    # The head reads the views themselves (Score-CAM masks them), not their feature maps.
+    reads_views: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def head(self, classes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """(B, ...) features (or views) of a batch of views -> (B, K, h, w) maps of
+        ``classes``, or (B, 1, h, w): one map for them all."""
+
+    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+        if not classes:
+            return cams
+        maps = normalise(multiscale_maps(self.context.model, image, self.context.scales,
+                                         self.context.flip, self.head(classes),
+                                         (lambda views: views) if self.reads_views else None))
+        return maps.expand(len(classes), -1, -1).to(cams.dtype).clone()

@@ -8,12 +8,11 @@ activation, where objects fire.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from igcam_cli.datasets import Sample
-from igcam_cli.methods.base import CamMethod
-from igcam_cli.methods.multiscale import multiscale_maps
-from igcam_cli.transforms import normalise
+from igcam_cli.methods.base import HeadCam
 
 
 def principal_projection(features: torch.Tensor) -> torch.Tensor:
@@ -30,16 +29,11 @@ def principal_projection(features: torch.Tensor) -> torch.Tensor:
     return projection.clamp_min(0).view(batch, 1, height, width)
 
 
-class EigenCam(CamMethod):
+class EigenCam(HeadCam):
     """Eigen-CAM: the feature map's first principal component, one map for all the image's
     classes (no class information)."""
 
     name = "eigencam"
 
-    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-                 classes: list[int]) -> torch.Tensor:
-        if not classes:
-            return cams
-        salient = multiscale_maps(self.context.model, image, self.context.scales,
-                                  self.context.flip, principal_projection)
-        return normalise(salient).expand(len(classes), -1, -1).to(cams.dtype).clone()
+    def head(self, classes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return principal_projection

@@ -18,14 +18,12 @@ the methods people compare against run on the same classifier, from the same com
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from igcam_cli.datasets import Sample
-from igcam_cli.methods.base import CamMethod
-from igcam_cli.methods.multiscale import multiscale_maps
-from igcam_cli.transforms import normalise
+from igcam_cli.methods.base import HeadCam
 
 EPSILON = 1e-7  # pytorch-grad-cam's, in XGrad-CAM's ratio
 
@@ -46,29 +44,20 @@ def class_gradients(model: torch.nn.Module, features: torch.Tensor, classes: lis
     return activations.detach(), torch.stack(grads, dim=1)
 
 
-class GradientCam(CamMethod, abc.ABC):
+class GradientCam(HeadCam):
     """A method of the gradient family: :meth:`combine` says how the gradients weigh the
-    feature map. It makes the maps of the image's classes from the network itself, so in a
-    chain it replaces the incoming maps (put it first: ``gradcampp+lpcam``)."""
+    feature map."""
 
     @abc.abstractmethod
     def combine(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) maps before ReLU from the (B, 1, D, h, w) feature map and the (B, K, D,
         h, w) gradients of the K classes."""
 
-    def head(self, classes: list[int]):  # noqa: ANN201 - a multiscale_maps head
+    def head(self, classes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
         def maps(features: torch.Tensor) -> torch.Tensor:
             activations, grads = class_gradients(self.context.model, features, classes)
             return F.relu(self.combine(activations[:, None], grads))
         return maps
-
-    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-                 classes: list[int]) -> torch.Tensor:
-        if not classes:
-            return cams
-        maps = multiscale_maps(self.context.model, image, self.context.scales,
-                               self.context.flip, self.head(classes))
-        return normalise(maps).to(cams.dtype)
 
 
 def spatial_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,16 +12,15 @@ batches of ``--scorecam-batch`` masked views.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from igcam_cli.datasets import Sample
-from igcam_cli.methods.base import CamMethod
-from igcam_cli.methods.multiscale import multiscale_maps
+from igcam_cli.methods.base import HeadCam
 from igcam_cli.options import option
-from igcam_cli.transforms import normalise, resize
+from igcam_cli.transforms import resize
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,15 @@ class ScoreCamOptions:
     batch: int = option(16, "Masked views per forward pass.", min=1, max=1024)
 
 
-class ScoreCam(CamMethod):
+class ScoreCam(HeadCam):
     """Score-CAM: channels weighted by the class's logit on the image masked by each channel's
     map (softmax over channels); one forward pass per channel and view, no gradients."""
 
     name = "scorecam"
     Options = ScoreCamOptions
+    reads_views = True
 
-    def head(self, classes: list[int]):  # noqa: ANN201 - a multiscale_maps head of views
+    def head(self, classes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
         model, options = self.context.model, self.options
 
         def maps(views: torch.Tensor) -> torch.Tensor:
@@ -60,11 +60,3 @@ class ScoreCam(CamMethod):
                 out.append(F.relu(torch.einsum("nk,nhw->khw", weights, chosen)))
             return torch.stack(out)
         return maps
-
-    def __call__(self, sample: Sample, image: torch.Tensor, cams: torch.Tensor,
-                 classes: list[int]) -> torch.Tensor:
-        if not classes:
-            return cams
-        maps = multiscale_maps(self.context.model, image, self.context.scales,
-                               self.context.flip, self.head(classes), extract=lambda v: v)
-        return normalise(maps).to(cams.dtype)

@@ -303,7 +303,7 @@ def train_aff(config: AffinityConfig) -> Path:
         manifest = record.save(out)
         last = history[-1]
         console.print(f"train-aff: {config.epochs} epochs, loss {last['loss']:.4f}, pair "
-                        f"accuracy bg {last['accuracy_bg']:.3f} fg {last['accuracy_fg']:.3f} "
+                      f"accuracy bg {last['accuracy_bg']:.3f} fg {last['accuracy_fg']:.3f} "
                       f"neg {last['accuracy_neg']:.3f} -> {final}")
         summarise_warnings(record, manifest)
         return final
