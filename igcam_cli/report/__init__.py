@@ -121,7 +121,8 @@ def _method_row(method: Method) -> dict[str, Any]:
             "mask": report.get("miou") if method.kind == "masks" else None,
             "images": report.get("images"), "failed": report.get("missing_or_failed"),
             "eval_file": method.eval_file, "per_image_s": method.seconds_per_image,
-            "others": method.other_evaluations}
+            "others": method.other_evaluations,
+            "faithfulness": (method.faithfulness or {}).get("scores")}
 
 
 def write_report(root: Path, page: Path, rows: int) -> Path:
@@ -134,6 +135,7 @@ def write_report(root: Path, page: Path, rows: int) -> Path:
     html = environment().get_template("report.html.j2").render(
         facts=facts, root=root.resolve(), charts=charts, grid=grid, legend=_legend(facts),
         methods=[_method_row(m) for m in facts.methods], version=__version__,
+        faithful=any(m.faithfulness for m in facts.methods),
         created=time.strftime("%Y-%m-%d %H:%M:%S %z"))
     write_bytes(page, html.encode())
     assets.remove_others()

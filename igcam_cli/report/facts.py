@@ -70,6 +70,7 @@ class Method:
     evaluation: dict[str, Any] | None = None  # the ``report`` of its eval JSON
     eval_file: str | None = None
     other_evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file: report
+    faithfulness: dict[str, Any] | None = None  # an ``eval --faithfulness`` report of it
 
     @property
     def slug(self) -> str:
@@ -266,7 +267,7 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
     for path, manifest in sorted(found, key=fullness):
         report, config = manifest["report"], manifest.get("config") or {}
         origin = ran_in(path, config.get("out"))
-        scored = config.get("cams") if report.get("kind") == "cams" else config.get("pred")
+        scored = config.get("pred") if report.get("kind") == "masks" else config.get("cams")
         step = _step("eval", f"eval/{path.name}", [manifest])
         step.counts = {"images": report.get("images", 0),
                        "failed": report.get("missing_or_failed", 0)}
@@ -275,9 +276,12 @@ def _evaluations(root: Path, facts: RunFacts, methods: dict[Path, Method]) -> No
         if not isinstance(scored, str):
             continue
         target = _scored_folder(scored, config.get("out"), origin, root)
-        kind = "cams" if report.get("kind") == "cams" else "masks"
+        kind = "masks" if report.get("kind") == "masks" else "cams"
         method = methods.setdefault(target.resolve(), Method(
             _name(target, root), kind, target, _files(target, kind) if target.is_dir() else 0))
+        if report.get("kind") == "faithfulness":  # scores beside mIoU, not instead of it
+            method.faithfulness = report
+            continue
         if method.evaluation is not None:
             method.other_evaluations[method.eval_file] = method.evaluation
         method.evaluation, method.eval_file = report, path.name

@@ -16,10 +16,12 @@ import functools
 import io
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +34,7 @@ from igcam_cli.artifacts import (
     read_cam,
     read_manifest,
     replaceable,
+    sha256_file,
     write_bytes,
 )
 from igcam_cli.datasets import (
@@ -44,11 +47,14 @@ from igcam_cli.datasets import (
     read_split,
 )
 from igcam_cli.errors import IgcamError, ImageProblem, print_warning
-from igcam_cli.images import IGNORE, read_label_map
+from igcam_cli.faithfulness import BETTER, SCORES, FaithfulnessOptions, Perturber
+from igcam_cli.images import IGNORE, read_image, read_label_map
 from igcam_cli.masks import peak_labels
 from igcam_cli.metrics import confusion, missing_confusion, scores
+from igcam_cli.models import load_classifier
 from igcam_cli.options import option
-from igcam_cli.runner import console, in_processes, track
+from igcam_cli.runner import console, in_processes, resolve_device, track
+from igcam_cli.transforms import to_tensor
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class EvalData(DatasetSpec):
                               if v is not None or k != "split"})
 
 
-STDOUT = Path("-")  # --out -: the JSON report on stdout, for pipelines
+STDOUT = Path("-")
+FAITH = "Faithfulness (no ground truth)"  # --out -: the JSON report on stdout, for pipelines
 
 
 @dataclass
@@ -97,6 +104,23 @@ class EvalConfig:
                 "rows (fractions of 1) ending with mIoU; table: the printed table as text.",
         choices=("json", "csv", "table"))
     workers: int = options.workers()
+    faithfulness: bool = option(
+        False, "Score --cams without ground truth, by how the classifier's class probability "
+               "reacts when the pixels each map ranks highest are removed or kept: deletion "
+               "and insertion AUC and ROAD (most and least relevant first), averaged over "
+               "every (image, class) map. Deletion and ROAD-MoRF: lower is better; insertion, "
+               "ROAD-LeRF and ROAD (their combination): higher is better. The photos are read "
+               "from the paths the CAM files record; the classifier is --run's (or "
+               "--checkpoint), and should be the one the maps were made with.",
+        panel=FAITH)
+    run: Path | None = option(
+        None, "Run directory whose classifier --faithfulness uses (RUN/train-cls/).",
+        panel=FAITH)
+    checkpoint: Path | None = option(
+        None, "Classifier checkpoint for --faithfulness instead of the run's.", panel=FAITH)
+    faith: FaithfulnessOptions = options.nested(FaithfulnessOptions, prefix="faith-",
+                                                panel=FAITH)
+    device: str = options.device()
     name: str | None = None  # the table's title (igcam run names its evaluations)
 
 
@@ -214,6 +238,8 @@ def evaluate(config: EvalConfig) -> dict:
     """Score the predictions; prints a table and returns (and optionally writes) the report."""
     if (config.pred is None) == (config.cams is None):
         raise IgcamError("give exactly one of --pred DIR or --cams DIR")
+    if config.faithfulness:
+        return faithfulness(config)
     spec = config.dataset.spec()
     fmt = dataset_format(spec)
     for folder in (config.gt, config.pred or config.cams):
@@ -260,19 +286,120 @@ def evaluate(config: EvalConfig) -> dict:
         report["sweep"] = {str(t): round(m, 6) for t, m in zip(thresholds, sweep, strict=True)}
     table = _table(report, names, result.valid, config)
     _print(report, table)
-    if config.out is not None:
-        # The JSON report is the eval step's manifest: config, versions and scores in one file.
-        record = StepRecord("eval", jsonable(asdict(config)))
-        record.inputs = {"gt": gt.describe()}
-        record.extra = {"report": report}
-        text = (json.dumps(record.document(), indent=2, sort_keys=True) + "\n"
-                if config.format == "json" else _csv(report, names, result.valid)
-                if config.format == "csv" else _plain(table))
-        if config.out == STDOUT:
-            sys.stdout.write(text)
-        else:
-            write_bytes(ensure_dir(config.out.parent) / config.out.name, text.encode("utf-8"))
+    _write(config, {"gt": gt.describe()}, report, lambda: _csv(report, names, result.valid),
+           table)
     return report
+
+
+def _write(config: EvalConfig, inputs: dict, report: dict, csv_text: Callable[[], str],
+           table: Table) -> None:
+    """Write the report to ``--out`` in ``--format``. The JSON report is the eval step's
+    manifest: config, inputs, versions and scores in one file."""
+    if config.out is None:
+        return
+    record = StepRecord("eval", jsonable(asdict(config)))
+    record.inputs = inputs
+    record.extra = {"report": report}
+    text = (json.dumps(record.document(), indent=2, sort_keys=True) + "\n"
+            if config.format == "json" else csv_text() if config.format == "csv"
+            else _plain(table))
+    if config.out == STDOUT:
+        sys.stdout.write(text)
+    else:
+        write_bytes(ensure_dir(config.out.parent) / config.out.name, text.encode("utf-8"))
+
+
+def faithfulness(config: EvalConfig) -> dict:
+    """``--faithfulness``: the :mod:`igcam_cli.faithfulness` scores of a CAM folder, from the
+    classifier and the photos the CAM files name; no ground truth is read."""
+    if config.cams is None:
+        raise IgcamError("--faithfulness scores CAMs: give --cams DIR (not --pred)")
+    if not config.cams.is_dir():
+        raise IgcamError(f"{config.cams} is not a directory")
+    if config.run is None and config.checkpoint is None:
+        raise IgcamError("--faithfulness needs the classifier: give --run RUN or --checkpoint "
+                         "FILE")
+    try:
+        perturber_options = config.faith
+        perturber_options.fractions()
+    except ValueError as problem:
+        raise IgcamError(str(problem)) from None
+    if config.out is not None and config.out != STDOUT:
+        replaceable(config.out)
+    checkpoint = config.checkpoint or RunDir(config.run).classifier()
+    if not checkpoint.is_file():
+        raise IgcamError(f"no classifier at {checkpoint}: run `igcam train-cls` first or give "
+                         "--checkpoint FILE")
+    device = resolve_device(config.device)
+    model, payload = load_classifier(checkpoint, device)
+    names = list(payload["class_names"])
+    made = read_manifest(config.cams) or {}
+    made_with = (made.get("inputs") or {}).get("checkpoint_sha256")
+    if made_with and made_with != sha256_file(checkpoint):
+        print_warning(f"{config.cams} was made with another classifier than {checkpoint}: the "
+                      "scores say how faithful its maps are to this one")
+    ids = (read_split(Path(config.dataset.split)) if config.dataset.split is not None
+           else [p.stem for p in RunDir.image_files(config.cams)])
+    if not ids:
+        raise IgcamError(f"nothing to score: {config.cams} holds no CAM file")
+    perturber = Perturber(model, perturber_options)
+    rows: list[tuple[int, dict[str, float]]] = []  # (class id, scores) per map
+    problems: list[str] = []
+    for number, image_id in enumerate(track(ids, len(ids), "faithfulness")):
+        try:
+            path = RunDir.image_maps(config.cams, image_id)
+            if not path.is_file():
+                raise ImageProblem(f"{image_id}: no CAM file")
+            data = read_cam(path, full_size=False)
+            image = to_tensor(read_image(Path(str(data["image"])), perturber_options.max_side))
+            classes = [int(c) for c in data["classes"]]
+            if max(classes, default=0) >= len(names):
+                raise ImageProblem(f"{path}: class ids {classes} beyond the classifier's "
+                                   f"{len(names)} classes")
+            maps = torch.from_numpy(data["cams"].astype(np.float32)).to(device)
+            found = perturber.scores(image.to(device), maps, classes, seed=number)
+            rows.extend(zip(classes, found, strict=True))
+        except (ImageProblem, IgcamError) as problem:
+            problems.append(str(problem))
+    if not rows:
+        raise IgcamError(f"no map of {config.cams} could be scored"
+                         + (f", e.g. {problems[0]}" if problems else ""))
+    per_class = {names[c]: {s: float(np.mean([r[s] for k, r in rows if k == c]))
+                            for s in SCORES} for c in sorted({k for k, _ in rows})}
+    report = {"kind": "faithfulness", "images": len(ids), "maps": len(rows),
+              "missing_or_failed": len(problems), "problems": problems[:50],
+              "scores": {s: float(np.mean([r[s] for _, r in rows])) for s in SCORES},
+              "per_class": per_class, "better": BETTER}
+    table = _faith_table(report, config)
+    console.print(table)
+    if problems:
+        print_warning(f"{len(problems)} of {len(ids)} images were not scored, e.g. "
+                      f"{problems[0]}")
+    _write(config, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)},
+           report, lambda: _faith_csv(report), table)
+    return report
+
+
+def _faith_table(report: dict, config: EvalConfig) -> Table:
+    table = Table(title=f"{config.name or config.cams}  (faithfulness, {report['maps']} maps)",
+                  title_justify="left")
+    table.add_column("class")
+    for score in SCORES:
+        arrow = "\u2191" if BETTER[score] > 0 else "\u2193"
+        table.add_column(f"{score.replace('_', '-')} {arrow}", justify="right")
+    for name, values in report["per_class"].items():
+        table.add_row(name, *(f"{values[s]:.3f}" for s in SCORES))
+    table.add_row("mean", *(f"{report['scores'][s]:.3f}" for s in SCORES), style="bold")
+    return table
+
+
+def _faith_csv(report: dict) -> str:
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["class", *SCORES])
+    for name, values in [*report["per_class"].items(), ("mean", report["scores"])]:
+        rows.writerow([name, *(f"{values[s]:.6f}" for s in SCORES)])
+    return text.getvalue()
 
 
 def _table(report: dict, names: list[str], valid: np.ndarray, config: EvalConfig) -> Table:
