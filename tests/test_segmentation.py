@@ -78,6 +78,10 @@ def test_predict_then_eval_end_to_end(seg_run: Path, tiny_voc: Path, tmp_path: P
     report = json.loads(ok(igcam("eval", "--pred", run / "predict", "--voc", tiny_voc,
                                  "--out", "-")).stdout)
     assert 0 < report["report"]["miou"] <= 1
+    # bare photos: no labels, no class list (the checkpoint's 5 classes, not VOC's 20)
+    ok(igcam("predict", "--run", run, "--images", tiny_voc / "JPEGImages", "--out",
+             tmp_path / "photos", "--device", "cpu"))
+    assert len(list((tmp_path / "photos").glob("*.png"))) == 24
 
 
 def test_resume_after_epoch_one_ends_with_the_same_weights(seg_run: Path, tiny_voc: Path,

@@ -51,6 +51,7 @@ class PredictConfig(DataStepConfig):
     checkpoint: Path | None = option(
         None, "Segmenter checkpoint (default RUN/train-seg/segmenter.pt).")
     out: Path | None = options.out("RUN/predict")
+    # Photos without labels (--images DIR alone) need no --classes: the checkpoint's are used.
     use_labels: bool = option(
         True, "Where an image's labels are known, suppress every class it is not labelled "
               "with (only background and its classes can win a pixel); without labels, or "
@@ -122,7 +123,8 @@ def predict(config: PredictConfig) -> Path:
     device = resolve_device(config.device)
     model, payload = load_segmenter(checkpoint, device)
     dataset = load_dataset(config.dataset, strict=config.strict)
-    check_classes(payload, dataset.class_names, checkpoint)
+    if any(s.labels is not None for s in dataset.samples):  # label ids must mean its classes
+        check_classes(payload, dataset.class_names, checkpoint)
     chain = RefineChain(names, RefineContext(run, device, EVEN, config.max_side),
                         config.refiner_options)
     chain.check()
