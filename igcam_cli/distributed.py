@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Sampler
 
 from igcam_cli.artifacts import Shard
 from igcam_cli.errors import IgcamError
@@ -129,6 +130,51 @@ class World:
         if self.rank:
             state = np.random.SeedSequence((seed, self.rank)).generate_state(1)[0]
             torch.manual_seed(int(state))
+
+
+class EpochSampler(Sampler):
+    """One epoch's shuffled indices for this process, each paired with the epoch's number.
+
+    The order comes from the run's seed and the epoch alone, and the epoch travels with every
+    index to the loader's workers (persistent workers hold copies of the dataset made in the
+    first epoch, so a counter set on the dataset would never reach them): the batches and their
+    augmentations are the same whatever ``--loader-workers`` is, and a resumed run continues
+    exactly where the uninterrupted one would be.
+
+    Under torchrun it is the DistributedSampler: the epoch's order is cut to whole global
+    batches, and process ``rank`` of ``world`` takes every ``world``-th index of it. Its
+    ``batch / world`` consecutive indices are then its share of the one process's global batch,
+    so the processes' batches together are that batch, step by step, and every process has the
+    same number of steps.
+    """
+
+    def __init__(self, size: int, seed: int, batch: int, world: World) -> None:
+        self.size, self.seed, self.epoch, self.world = size, seed, 0, world
+        self.used = size // batch * batch  # the last, incomplete batch is dropped
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.used // self.world.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        state = np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0]
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state)))
+        mine = order[:self.used][self.world.rank::self.world.size]
+        return ((self.epoch, index) for index in mine.tolist())
+
+
+def restore_rng(state: dict, seed: int, world: World) -> None:
+    """The global generator (stochastic depth draws from it) where the interrupted run left
+    it: each process's own under torchrun; resumed with another number of processes, rank 0
+    takes the saved stream and the others start theirs afresh."""
+    streams = state.get("rank_rngs") or [state["torch_rng"]]
+    if len(streams) == world.size:
+        torch.set_rng_state(streams[world.rank])
+    else:
+        torch.set_rng_state(state["torch_rng"])
+        world.seed(seed)
 
 
 def world() -> World:

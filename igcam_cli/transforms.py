@@ -69,3 +69,32 @@ def train_augment(image: torch.Tensor, crop: int, rng: np.random.Generator,
     off_x = rng.integers(0, crop - patch.shape[2] + 1)
     canvas[:, off_y:off_y + patch.shape[1], off_x:off_x + patch.shape[2]] = patch
     return canvas
+
+
+def seg_augment(image: torch.Tensor, mask: torch.Tensor, crop: int, rng: np.random.Generator,
+                fill: tuple[float, float, float], ignore: int,
+                scale_range: tuple[float, float] = (0.5, 1.5)
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image (3, H, W) and its label map (H, W) scaled by one random factor in
+    ``scale_range`` (the map by nearest neighbour, so no label is invented), flipped together
+    half of the time, and cut to one random ``crop`` square: where the scaled image is smaller
+    than the crop, the image is padded with ``fill`` and the map with ``ignore``, so padding
+    adds no loss."""
+    _, height, width = image.shape
+    size = scaled_size(height, width, rng.uniform(*scale_range))
+    image = resize(image[None], size)[0]
+    mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    if rng.random() < 0.5:
+        image, mask = image.flip(-1), mask.flip(-1)
+    height, width = size
+    canvas = torch.tensor(fill).view(3, 1, 1).expand(3, crop, crop).clone()
+    labels = torch.full((crop, crop), float(ignore))
+    top = rng.integers(0, max(height - crop, 0) + 1)
+    left = rng.integers(0, max(width - crop, 0) + 1)
+    patch = image[:, top:top + crop, left:left + crop]
+    off_y = rng.integers(0, crop - patch.shape[1] + 1)
+    off_x = rng.integers(0, crop - patch.shape[2] + 1)
+    rows, cols = slice(off_y, off_y + patch.shape[1]), slice(off_x, off_x + patch.shape[2])
+    canvas[:, rows, cols] = patch
+    labels[rows, cols] = mask[top:top + crop, left:left + crop]
+    return canvas, labels.to(torch.uint8)

@@ -17,7 +17,7 @@ LAYERS = {  # top-level module or package of igcam_cli -> layer, highest on top
     "methods": 3, "training": 3, "refiners": 3,
     "runner": 2, "distributed": 2, "models": 2, "affinity": 2, "datasets": 2, "vis": 2,
     "masks": 2, "metrics": 2, "faithfulness": 2, "demo_data": 2, "report": 2, "export": 2,
-    "selection": 2,
+    "selection": 2, "segmentation": 2,
     "artifacts": 1, "backbones": 1, "images": 1, "options": 1, "registry": 1, "transforms": 1,
     "hessian": 1, "errors": 1, "__init__": 1,
 }

@@ -33,9 +33,9 @@ OWNER = PACKAGE / "artifacts"
 # Path segments that name something in a run directory: step folders (and their
 # ``<step>-<variant>`` siblings), the fixed files, and the fixed sub-folders.
 STEP_FOLDERS = ("train-cls", "propose", "influence", "prototypes", "cam", "train-aff",
-                "refine", "eval", "vis")
-FILE_NAMES = re.compile(r"(classifier|prototypes|solution|affinity)\.pt|epoch-.*|metrics\.json"
-                        r"|scores\.csv|report\.html|manifest([.*].*)?")
+                "refine", "train-seg", "predict", "eval", "vis")
+FILE_NAMES = re.compile(r"(classifier|prototypes|solution|affinity|segmenter)\.pt|epoch-.*"
+                        r"|metrics\.json|scores\.csv|report\.html|manifest([.*].*)?")
 SUB_FOLDERS = ("labels", "maps", "scores", "data")
 PER_IMAGE = re.compile(r"\*\.(npz|png)")  # <image id>.npz, <image id>.png, "*.npz" globs
 # A dataset's own folders (VOC's SegmentationClass/<id>.png) are the dataset format's to name.

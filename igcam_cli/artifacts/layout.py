@@ -20,9 +20,13 @@ from igcam_cli.errors import IgcamError
 STEP_NAME = re.compile(r"[a-z]+(-[a-z]+)*")
 PLAIN_CAM = "cam"  # the method name of the plain CAM, whose maps go to RUN/cam
 DEFAULT_REFINER = "crf"  # refine's and run's refiner chain, whose masks go to RUN/refine
+# `igcam run`'s CAM method: its masks go to RUN/refine-<it>-<DEFAULT_REFINER>, train-seg's
+# default --masks.
+RUN_CAM_METHOD = "lpcam"
 CLASSIFIER_FILE = "classifier.pt"  # RUN/train-cls*/: the final checkpoint
-METRICS_FILE = "metrics.json"  # RUN/train-cls*/, RUN/train-aff/: one record per epoch
-EPOCH_FILE = "epoch-{:03d}.pt"  # RUN/train-cls*/, RUN/train-aff/: the last epochs' checkpoints
+SEGMENTER_FILE = "segmenter.pt"  # RUN/train-seg/: the segmentation network
+METRICS_FILE = "metrics.json"  # RUN/train-cls*/, train-aff/, train-seg/: one record per epoch
+EPOCH_FILE = "epoch-{:03d}.pt"  # the same folders: the last epochs' checkpoints
 PROTOTYPES_FILE = "prototypes.pt"  # RUN/prototypes/: lpcam's class and context prototypes
 SCORES_FILE = "scores.csv"  # RUN/influence/: per-image influence and self-influence
 SOLUTION_FILE = "solution.pt"  # RUN/influence/: the inverse-HVP vector, reused by reruns
@@ -91,6 +95,22 @@ class RunDir:
         if cam_method == PLAIN_CAM:
             return self.refine(refiners)
         return self.step("refine").with_name(f"refine-{cam_method}-{refiners}")
+
+    def pseudo_masks(self) -> Path:
+        """The masks ``igcam run`` writes by default (its CAM method, the default refiners):
+        ``train-seg``'s default ``--masks``."""
+        return self.masks(RUN_CAM_METHOD, DEFAULT_REFINER)
+
+    def train_seg(self) -> Path:
+        return self.step("train-seg")
+
+    def segmenter(self) -> Path:
+        """``train-seg``'s network, the default of ``predict --checkpoint``."""
+        return self.train_seg() / SEGMENTER_FILE
+
+    def predict(self) -> Path:
+        """``predict``'s label maps (one palette PNG per image)."""
+        return self.step("predict")
 
     def affinity(self) -> Path:
         """``train-aff``'s boundary network, the default of ``refine --method rw``."""

@@ -60,6 +60,16 @@ STEPS: dict[str, Step] = {
         "CAMs -> VOC palette PNG pseudo-masks (0 background, 1..C classes, 255 uncertain). "
         "Options named --METHOD-... belong to that --method.",
         ((REFINERS, "method_options"),)),
+    "train-seg": Step(
+        "igcam_cli.steps.train_seg:SegConfig:train_seg",
+        "Train a semantic segmentation network (torchvision head on an igcam backbone) on the "
+        "pseudo-masks, with epoch checkpoints and --resume as train-cls."),
+    "predict": Step(
+        "igcam_cli.steps.predict:PredictConfig:predict",
+        "Label maps of any photos from the train-seg network: VOC palette PNGs as refine "
+        "writes, classes not in an image's labels suppressed. Options named --REFINER-... "
+        "belong to that --refine refiner.",
+        ((REFINERS, "refiner_options"),)),
     "eval": Step(
         "igcam_cli.steps.eval:EvalConfig:evaluate",
         "mIoU, per-class IoU, precision and recall over background + C classes (GT 255 "

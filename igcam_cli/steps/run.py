@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from igcam_cli import options
-from igcam_cli.artifacts import DEFAULT_REFINER, PLAIN_CAM, RunDir
+from igcam_cli.artifacts import DEFAULT_REFINER, PLAIN_CAM, RUN_CAM_METHOD, RunDir
 from igcam_cli.datasets import class_names, dataset_format
 from igcam_cli.methods import cams_threshold, measured_threshold
 from igcam_cli.options import MAX_SIDE, option
@@ -42,7 +42,7 @@ from igcam_cli.vis import write_overlays
 # classifier; bench/RESULTS.md): lpcam's seeds 45.3 mIoU and crf masks 50.0, against 39.3 / 43.0
 # for the plain CAM and 38.5 / 42.2 for cpmc; with the CAM, crf 43.1 beat rw+crf's 38.2 (the
 # walk helped only the bias-free classifier, to 42.2).
-DEFAULT_METHOD = "lpcam"
+DEFAULT_METHOD = RUN_CAM_METHOD  # named in the layout: train-seg reads its masks by default
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from rich.progress import TextColumn
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from igcam_cli import distributed, options
@@ -44,7 +43,7 @@ from igcam_cli.artifacts import (
 )
 from igcam_cli.backbones import default_lr
 from igcam_cli.datasets import Dataset, Sample, load_dataset, multi_hot
-from igcam_cli.distributed import World
+from igcam_cli.distributed import EpochSampler, World, restore_rng
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.metrics import mean_average_precision
@@ -147,39 +146,6 @@ def auto_epochs(num_images: int) -> int:
     return int(min(30, max(5, math.ceil(EPOCH_IMAGES / max(num_images, 1)))))
 
 
-class _EpochSampler(Sampler):
-    """One epoch's shuffled indices for this process, each paired with the epoch's number.
-
-    The order comes from the run's seed and the epoch alone, and the epoch travels with every
-    index to the loader's workers (persistent workers hold copies of the dataset made in the
-    first epoch, so a counter set on the dataset would never reach them): the batches and their
-    augmentations are the same whatever ``--loader-workers`` is, and a resumed run continues
-    exactly where the uninterrupted one would be.
-
-    Under torchrun it is the DistributedSampler: the epoch's order is cut to whole global
-    batches, and process ``rank`` of ``world`` takes every ``world``-th index of it. Its
-    ``batch / world`` consecutive indices are then its share of the one process's global batch,
-    so the processes' batches together are that batch, step by step, and every process has the
-    same number of steps.
-    """
-
-    def __init__(self, size: int, seed: int, batch: int, world: World) -> None:
-        self.size, self.seed, self.epoch, self.world = size, seed, 0, world
-        self.used = size // batch * batch  # the last, incomplete batch is dropped
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.used // self.world.size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        state = np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0]
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state)))
-        mine = order[:self.used][self.world.rank::self.world.size]
-        return ((self.epoch, index) for index in mine.tolist())
-
-
 class _StageLoss(nn.Module):
     """One batch's logits and loss under the stage's recipe, as a module's forward.
 
@@ -207,7 +173,7 @@ class _TrainImages(TorchDataset):
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
-        epoch, index = item  # from _EpochSampler
+        epoch, index = item  # from distributed.EpochSampler
         sample = self.samples[index]
         # Seeded by (seed, epoch, index), whichever worker draws it: a resumed run, and a run
         # with another --loader-workers, sees the same augmentations.
@@ -293,7 +259,7 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
         model.param_groups(lr, config.head_lr_mult, config.weight_decay), momentum=0.9)
     images = _TrainImages(samples, dataset.num_classes, config.crop, config.seed,
                           fill=tuple(model.backbone.mean), weights=start.sample_weights)
-    sampler = _EpochSampler(len(images), config.seed, batch_size, world)
+    sampler = EpochSampler(len(images), config.seed, batch_size, world)
     # Its own generator, for the workers' seeds: the global one drives stochastic depth.
     loader = DataLoader(images, batch_size=world.per_rank_batch(batch_size), sampler=sampler,
                         num_workers=config.loader_workers, pin_memory=device.type == "cuda",
@@ -315,7 +281,7 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             loader.generator.set_state(state["loader_rng"])
-            _restore_rng(state, config.seed, world)
+            restore_rng(state, config.seed, world)
             history, start_epoch = state["history"], state["epoch"]
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise IgcamError(f"epoch checkpoint {existing[-1]} is damaged or from another "
@@ -386,18 +352,6 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
 
 def _quiet(*args: object, **kwargs: object) -> None:
     """``console.print`` of the processes other than rank 0, which would repeat its lines."""
-
-
-def _restore_rng(state: dict, seed: int, world: World) -> None:
-    """The global generator (stochastic depth draws from it) where the interrupted run left
-    it: each process's own under torchrun; resumed with another number of processes, rank 0
-    takes the saved stream and the others start theirs afresh."""
-    streams = state.get("rank_rngs") or [state["torch_rng"]]
-    if len(streams) == world.size:
-        torch.set_rng_state(streams[world.rank])
-    else:
-        torch.set_rng_state(state["torch_rng"])
-        world.seed(seed)
 
 
 def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
