@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from harness import copy_run, igcam, ok, one_line_error
 from PIL import Image
 
+from igcam_cli.artifacts import RunDir
 from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import load_dataset
 from igcam_cli.datasets.base import DatasetSpec
@@ -78,6 +79,15 @@ def test_predict_then_eval_end_to_end(seg_run: Path, tiny_voc: Path, tmp_path: P
     report = json.loads(ok(igcam("eval", "--pred", run / "predict", "--voc", tiny_voc,
                                  "--out", "-")).stdout)
     assert 0 < report["report"]["miou"] <= 1
+    # The report shows the network's training curve and its label maps among the masks.
+    ok(igcam("eval", "--pred", run / "predict", "--voc", tiny_voc, "--out",
+             run / "eval" / "predict.json"))
+    ok(igcam("report", "--run", run))
+    page = RunDir(run).report().read_text()
+    assert "training-train-seg.svg" in page
+    assert "mIoU (%)" in (run / "report" / "training-train-seg.svg").read_text()
+    assert "<td>predict</td><td>pseudo-masks</td>" in page
+    assert f"{100 * report['report']['miou']:.1f}" in page
     # bare photos: no labels, no class list (the checkpoint's 5 classes, not VOC's 20)
     ok(igcam("predict", "--run", run, "--images", tiny_voc / "JPEGImages", "--out",
              tmp_path / "photos", "--device", "cpu"))

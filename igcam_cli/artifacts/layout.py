@@ -44,7 +44,7 @@ SHARD_MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
 # unfinished.json or unfinished.shard-I-of-N.json, the claim of artifacts/claims.py.
 UNFINISHED_FILE = "unfinished.json"
 # What a folder holds by its name: RUN/cam and RUN/cam-<method>; RUN/refine and refine-<x>.
-KINDS = {"cam": "cams", "refine": "masks"}
+KINDS = {"cam": "cams", "refine": "masks", "predict": "masks"}  # by folder name
 
 
 def shard_manifest_name(index: int, count: int) -> str:

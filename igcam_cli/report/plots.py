@@ -27,12 +27,14 @@ def _svg(figure: Figure) -> bytes:
 
 
 def training_curve(history: list[Mapping[str, float]]) -> bytes | None:
-    """Loss and training mAP per epoch, side by side (whichever of them the stage records);
-    None when it records neither. The mAP (a fraction in ``metrics.json``) is drawn in %, as
-    the page states it and as every other chart of the page draws its scores."""
+    """Loss and training mAP (a classifier) or mIoU (train-seg, of its crops against their
+    masks) per epoch, side by side (whichever of them the stage records); None when it records
+    none. Scores (fractions in ``metrics.json``) are drawn in %, as the page states them and
+    as every other chart of the page draws its scores."""
     epochs = [h["epoch"] for h in history]
     series = [(key, label, scale, colour) for key, label, scale, colour in (
-        ("loss", "loss", 1, IOU), ("train_map", "mAP (%)", 100, RECALL))
+        ("loss", "loss", 1, IOU), ("train_map", "mAP (%)", 100, RECALL),
+        ("miou", "mIoU (%)", 100, RECALL))
         if history and all(isinstance(h.get(key), int | float) for h in history)]
     if not series:
         return None
@@ -42,7 +44,7 @@ def training_curve(history: list[Mapping[str, float]]) -> bytes | None:
                 figure.subplots(1, len(series), squeeze=False)[0], series, strict=True):
             axes.plot(epochs, [scale * h[key] for h in history], marker="o", color=colour)
             axes.set(xlabel="epoch", ylabel=label, title=f"training {label.split()[0]}")
-            if key == "train_map":
+            if scale == 100:
                 axes.set_ylim(0, 102)
             axes.xaxis.get_major_locator().set_params(integer=True)
         return _svg(figure)
