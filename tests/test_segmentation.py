@@ -220,3 +220,24 @@ def test_mask_of_another_size_is_warned_and_skipped(tiny_voc: Path, tmp_path: Pa
     assert manifest["counts"]["images"] == 22
     # no classifier in this run: ImageNet weights
     assert manifest["backbone_from"] == "imagenet"
+
+
+@pytest.mark.slow
+def test_run_self_trains_on_its_masks(tiny_voc: Path, tmp_path: Path) -> None:
+    """``run --self-train 1``: a network trained on run's masks, its CRF-refined labels of the
+    training photos as the round's masks, scored against the ground truth."""
+    run = tmp_path / "run"
+    ok(igcam("run", "--run", run, "--voc", tiny_voc, "--method", "cam", "--epochs", "1",
+             "--crop", "64", "--scales", "1.0", "--device", "cpu", "--vis", "0",
+             "--self-train", "1", "--seg-epochs", "1", "--seg-crop", "48"))
+    trained = json.loads((run / "train-seg-round1" / "manifest.json").read_text())
+    assert Path(trained["inputs"]["masks"]) == run / "refine"  # run's masks (cam, crf)
+    assert trained["config"]["epochs"] == 1 and trained["config"]["crop"] == 48
+    labelled = json.loads((run / "predict-round1" / "manifest.json").read_text())["config"]
+    assert labelled["refine"] == "crf"
+    assert Path(labelled["checkpoint"]) == run / "train-seg-round1" / "segmenter.pt"
+    assert len(list((run / "predict-round1").glob("*.png"))) == 24
+    scored = json.loads((run / "eval" / "self-train-1.json").read_text())
+    assert Path(scored["config"]["pred"]) == run / "predict-round1"
+    assert 0 < scored["report"]["miou"] <= 1
+    assert not (run / "train-seg").exists()  # the rounds' folders are their own

@@ -16,8 +16,8 @@ from pathlib import Path
 from igcam_cli.errors import IgcamError
 
 # A step's folder is named after the CLI subcommand that writes it (``prototypes`` and ``vis``
-# are written by cam and run): lowercase words joined by "-".
-STEP_NAME = re.compile(r"[a-z]+(-[a-z]+)*")
+# are written by cam and run): lowercase words joined by "-" (digits after the first: rounds).
+STEP_NAME = re.compile(r"[a-z]+(-[a-z0-9]+)*")
 PLAIN_CAM = "cam"  # the method name of the plain CAM, whose maps go to RUN/cam
 DEFAULT_REFINER = "crf"  # refine's and run's refiner chain, whose masks go to RUN/refine
 # `igcam run`'s CAM method: its masks go to RUN/refine-<it>-<DEFAULT_REFINER>, train-seg's
@@ -101,16 +101,20 @@ class RunDir:
         ``train-seg``'s default ``--masks``."""
         return self.masks(RUN_CAM_METHOD, DEFAULT_REFINER)
 
-    def train_seg(self) -> Path:
-        return self.step("train-seg")
+    def train_seg(self, round: int = 0) -> Path:
+        """``train-seg``'s folder; ``round`` k > 0: that of ``igcam run --self-train``'s k-th
+        round (``train-seg-round<k>``)."""
+        return self.step("train-seg" if round == 0 else f"train-seg-round{round}")
 
-    def segmenter(self) -> Path:
-        """``train-seg``'s network, the default of ``predict --checkpoint``."""
-        return self.train_seg() / SEGMENTER_FILE
+    def segmenter(self, folder: Path | None = None) -> Path:
+        """The network in a train-seg folder (default ``RUN/train-seg``: ``predict``'s
+        default ``--checkpoint``)."""
+        return (folder or self.train_seg()) / SEGMENTER_FILE
 
-    def predict(self) -> Path:
-        """``predict``'s label maps (one palette PNG per image)."""
-        return self.step("predict")
+    def predict(self, round: int = 0) -> Path:
+        """``predict``'s label maps (one palette PNG per image); ``round`` k > 0: the masks
+        of ``igcam run --self-train``'s k-th round (``predict-round<k>``)."""
+        return self.step("predict" if round == 0 else f"predict-round{round}")
 
     def affinity(self) -> Path:
         """``train-aff``'s boundary network, the default of ``refine --method rw``."""

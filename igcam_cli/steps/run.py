@@ -33,9 +33,11 @@ from igcam_cli.runner import DataStepConfig, console
 from igcam_cli.steps import STEPS
 from igcam_cli.steps.cam import DEFAULT_SCALES, CamConfig, cam
 from igcam_cli.steps.eval import EvalConfig, EvalData, evaluate
+from igcam_cli.steps.predict import PredictConfig, predict
 from igcam_cli.steps.refine import RefineConfig, refine
 from igcam_cli.steps.report import ReportConfig, report
 from igcam_cli.steps.train_cls import DEFAULT_BATCH_SIZE, DEFAULT_CROP, TrainConfig, train_cls
+from igcam_cli.steps.train_seg import SegConfig, train_seg
 from igcam_cli.vis import write_overlays
 
 # The best measured with train-cls's defaults on voc-real (302 photos, EfficientNet-Lite0, one
@@ -74,6 +76,17 @@ class RunConfig(DataStepConfig):
                          "first and takes crf's threshold from the sweep of the walked maps.")
     device: str = options.device()
     workers: int = options.workers()
+    self_train: int = option(
+        0, "Self-training rounds after the masks: each trains a segmentation network on the "
+           "current masks (train-seg, into RUN/train-seg-round<k>), labels the training photos "
+           "with it, their image labels suppressing absent classes, and refines that with "
+           "DenseCRF into the next masks (RUN/predict-round<k>), scored like the others when "
+           "there is ground truth. Default 0: see bench/RESULTS.md for what a round gave on "
+           "voc-real.", min=0, max=10)
+    seg_epochs: int = option(SegConfig.epochs, "Epochs of each self-training round's network "
+                                               "(see train-seg --epochs).", min=1)
+    seg_crop: int = option(SegConfig.crop, "Training crop side of those networks (see "
+                                           "train-seg --crop).", min=32, max=MAX_SIDE)
     vis: int = option(
         16, "Overlay pictures to write into RUN/vis: with ground truth a third each of the "
             "worst, median and best images by their mask mIoU, else spread evenly over the "
@@ -145,8 +158,28 @@ def run(config: RunConfig) -> dict[str, dict]:
             pred=masks, out=folders.eval_report("mask"),
             name=f"pseudo-masks (refine --method {config.refine}, "
                  f"threshold {threshold})", **common))
+    for round in range(1, config.self_train + 1):
+        masks = _self_train(config, folders, masks, round)
+        if gt is not None:
+            reports[f"self-train-{round}"] = evaluate(EvalConfig(
+                pred=masks, out=folders.eval_report(f"self-train-{round}"),
+                name=f"self-training round {round} (train-seg, predict --refine crf)",
+                **common))
     written = write_overlays(cams, masks, gt, folders.step("vis"), config.vis,
                              class_names(config.dataset))
     console.print(f"run: {len(written)} overlay pictures in {folders.step('vis')}")
     report(ReportConfig(run=config.run))  # last: it shows every step above
     return reports
+
+
+def _self_train(config: RunConfig, folders: RunDir, masks: Path, round: int) -> Path:
+    """One self-training round: a network trained on ``masks``, its labels of the training
+    photos refined by DenseCRF; returns their folder, the next round's masks."""
+    trained = train_seg(SegConfig(run=config.run, dataset=config.dataset, masks=masks,
+                                  out=folders.train_seg(round), backbone=config.backbone,
+                                  epochs=config.seg_epochs, crop=config.seg_crop,
+                                  weights=config.weights, device=config.device,
+                                  strict=config.strict, resume=True))
+    return predict(PredictConfig(run=config.run, dataset=config.dataset, checkpoint=trained,
+                                 refine="crf", out=folders.predict(round),
+                                 device=config.device, strict=config.strict))

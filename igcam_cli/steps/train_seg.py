@@ -73,7 +73,7 @@ from igcam_cli.segmentation import (
 from igcam_cli.transforms import seg_augment, to_tensor
 
 # Options that change how training runs, not the network it ends with.
-TRAINING_ONLY = frozenset({"resume", "loader_workers", "keep_checkpoints"})
+TRAINING_ONLY = frozenset({"resume", "loader_workers", "keep_checkpoints", "out"})
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
 SCALE_RANGE = (0.5, 1.5)  # the random rescale of every training image
@@ -81,6 +81,7 @@ SCALE_RANGE = (0.5, 1.5)  # the random rescale of every training image
 
 @dataclass
 class SegConfig(DataStepConfig):
+    out: Path | None = options.out("RUN/train-seg")
     masks: Path | None = option(
         None, "Folder of pseudo-masks, one palette PNG per image named <image id>.png (0 "
               "background, 1..C classes, 255 ignored). Default: RUN/refine-lpcam-crf, the "
@@ -243,7 +244,8 @@ def train_seg(config: SegConfig) -> Path:
     run = RunDir(config.run)
     masks = mask_folder(config)
     init = init_checkpoint(config)
-    out, final = run.train_seg(), run.segmenter()
+    out = config.out or run.train_seg()
+    final = run.segmenter(out)
     record = StepRecord("train-seg", jsonable(asdict(config)))
     record.inputs = {"masks": str(masks), "init": str(init) if init else None}
     if init is not None:
@@ -290,7 +292,7 @@ def _train(config: SegConfig, record: StepRecord, out: Path, masks: Path, init: 
            dataset: Dataset, samples: list[Sample], device: torch.device,
            world: World) -> Path:
     """The training itself, in every process of a torchrun job."""
-    final = RunDir(config.run).segmenter()
+    final = RunDir(config.run).segmenter(out)
     torch.manual_seed(config.seed)
     model = _start(config, init, dataset.num_classes, record).to(device)
     world.seed(config.seed)
