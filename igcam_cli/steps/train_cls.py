@@ -14,6 +14,7 @@ shares: the data, the epoch loop, checkpoints, resume and the manifest.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +25,6 @@ import numpy as np
 import torch
 from rich.progress import TextColumn
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from igcam_cli import distributed, options
@@ -34,7 +34,6 @@ from igcam_cli.artifacts import (
     ensure_dir,
     fingerprint,
     jsonable,
-    read_torch,
     recipe_of,
     remove_stale_temps,
     sha256_file,
@@ -43,7 +42,7 @@ from igcam_cli.artifacts import (
 )
 from igcam_cli.backbones import default_lr
 from igcam_cli.datasets import Dataset, Sample, load_dataset, multi_hot
-from igcam_cli.distributed import EpochSampler, World, restore_rng
+from igcam_cli.distributed import World
 from igcam_cli.errors import IgcamError
 from igcam_cli.images import read_image
 from igcam_cli.metrics import mean_average_precision
@@ -63,6 +62,7 @@ from igcam_cli.runner import (
 )
 from igcam_cli.training import STAGES
 from igcam_cli.training.base import TrainingStage
+from igcam_cli.training.epochs import epoch_loader, poly_schedule, resume, save_epoch
 from igcam_cli.transforms import to_tensor, train_augment
 
 # Options that change how training runs, not the classifier it ends with.
@@ -259,35 +259,12 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
         model.param_groups(lr, config.head_lr_mult, config.weight_decay), momentum=0.9)
     images = _TrainImages(samples, dataset.num_classes, config.crop, config.seed,
                           fill=tuple(model.backbone.mean), weights=start.sample_weights)
-    sampler = EpochSampler(len(images), config.seed, batch_size, world)
-    # Its own generator, for the workers' seeds: the global one drives stochastic depth.
-    loader = DataLoader(images, batch_size=world.per_rank_batch(batch_size), sampler=sampler,
-                        num_workers=config.loader_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=config.loader_workers > 0,
-                        generator=torch.Generator().manual_seed(config.seed))
+    sampler, loader = epoch_loader(images, batch_size, config.seed, world,
+                                   config.loader_workers, device)
     total_steps = epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_steps, power=0.9)
-    history: list[dict] = []
-    start_epoch = 0
-    existing = RunDir.epochs(out)
-    world.barrier()  # every process has chosen its checkpoint before rank 0 writes the next
-    say = console.print if world.is_main else _quiet
-    if existing and not config.resume:
-        say(f"train-cls: starting over; pass --resume to continue from {existing[-1].name}")
-    if config.resume and existing:
-        state = read_torch(existing[-1], "epoch checkpoint")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            loader.generator.set_state(state["loader_rng"])
-            restore_rng(state, config.seed, world)
-            history, start_epoch = state["history"], state["epoch"]
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise IgcamError(f"epoch checkpoint {existing[-1]} is damaged or from another "
-                             f"run ({type(exc).__name__}); delete it to resume from the one "
-                             "before") from None
-        say(f"train-cls: resuming after epoch {start_epoch} from {existing[-1].name}")
+    scheduler = poly_schedule(optimizer, total_steps)
+    history, start_epoch = resume("train-cls", out, config.resume, model, optimizer, scheduler,
+                                  loader, config.seed, world)
     record.inputs = {"dataset": config.dataset.describe(), "num_images": len(samples),
                      "images_fingerprint": fingerprint(s.id for s in samples),
                      "class_names": list(dataset.class_names)}
@@ -326,8 +303,11 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
                             "seconds": round(time.perf_counter() - started, 2)})
             rngs = world.gather(torch.get_rng_state())
             if world.is_main:
-                _save_epoch(out, model, optimizer, scheduler, loader, config,
-                            dataset.class_names, history, rngs)
+                payload = functools.partial(save_checkpoint_payload, model, config.backbone,
+                                            dataset.class_names)
+                save_epoch(out, payload,
+                           optimizer, scheduler, loader, history, rngs,
+                           config.keep_checkpoints)
                 write_json(RunDir.metrics(out), history)
             world.barrier()
     if not world.is_main:
@@ -348,24 +328,3 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
     summarise_warnings(record, manifest)
     world.barrier()
     return final
-
-
-def _quiet(*args: object, **kwargs: object) -> None:
-    """``console.print`` of the processes other than rank 0, which would repeat its lines."""
-
-
-def _save_epoch(out: Path, model: CamNet, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
-                config: TrainConfig, class_names: tuple[str, ...], history: list[dict],
-                rngs: list[torch.Tensor]) -> None:
-    """An epoch checkpoint; ``rngs`` are every process's generator states, rank 0's first."""
-    epoch = history[-1]["epoch"]
-    extra = {"rank_rngs": rngs} if len(rngs) > 1 else {}
-    payload = save_checkpoint_payload(
-        model, config.backbone, class_names, optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(), loader_rng=loader.generator.get_state(),
-        torch_rng=rngs[0], history=history, epoch=epoch, **extra)
-    write_torch(RunDir.epoch(out, epoch), payload)
-    for old in RunDir.epochs(out)[:-max(config.keep_checkpoints, 1)]:
-        old.unlink(missing_ok=True)
-
