@@ -21,7 +21,8 @@ n = min(int(sys.argv[2]), len(ids))
 print("\n".join(ids[round(i * len(ids) / n)] for i in range(n)))
 PY
 for folder in "$RUN"/cam "$RUN"/cam-*; do
-  [ -f "$folder/manifest.json" ] || continue
+  python3 -c "import json,sys; sys.exit(not json.load(open(sys.argv[1])).get('complete'))" \
+    "$folder/manifest.json" 2>/dev/null || continue  # unfinished CAMs are left for later
   name=$(basename "$folder")
   name=${name#cam-}
   [ -f "$RUN/eval/faith-$name.json" ] && continue
