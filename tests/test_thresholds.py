@@ -21,6 +21,9 @@ def test_each_method_s_measured_threshold_and_chains() -> None:
     assert measured_threshold("cam") == CAM_THRESHOLD == 0.40
     assert measured_threshold("lpcam") == 0.65
     assert measured_threshold("cpmc") == 0.30
+    assert measured_threshold("gradcampp") == 0.60
+    # Grad-CAM, XGrad-CAM and HiRes-CAM give the CAM's maps with a pooled linear head.
+    assert measured_threshold("gradcam") == measured_threshold("hirescam") == CAM_THRESHOLD
     # A later stage without a measured threshold keeps its base's.
     unmeasured = next(n for n, m in METHODS.items() if m.threshold is None)
     assert measured_threshold(f"lpcam+{unmeasured}") == 0.65

@@ -19,6 +19,9 @@ class GradCamPlusPlus(GradientCam):
     of the channel's evidence (second- and third-order terms)."""
 
     name = "gradcampp"
+    # Seed 34.0 mIoU on voc-real's 302 photos (the default classifier recipe), 30.6 at the
+    # CAM's 0.40: Grad-CAM++'s maps stand higher on the object (bench/RESULTS.md).
+    threshold = 0.60
 
     def combine(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         squared, cubed = grads.pow(2), grads.pow(3)
