@@ -20,6 +20,7 @@ from igcam_cli.backbones.base import Backbone
 from igcam_cli.datasets import DatasetSpec, load_dataset
 from igcam_cli.demo_data import make_demo_dataset
 from igcam_cli.methods import METHODS, Chain, MethodContext
+from igcam_cli.methods.eigencam import first_direction
 from igcam_cli.models import CamNet
 from igcam_cli.transforms import normalise, resize
 
@@ -144,3 +145,14 @@ def test_gradcampp_differs_from_the_cam_where_channels_carry_unequal_evidence() 
 
 def test_every_gradient_method_is_registered() -> None:
     assert set(EXPECTED) <= set(METHODS)
+
+
+def test_eigencam_s_power_iteration_finds_the_svd_s_first_direction() -> None:
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 2, 64, generator=generator)
+    strength = torch.randn(3, 200, 2, generator=generator) * torch.tensor([3.0, 1.0])
+    centred = strength @ basis + 0.1 * torch.randn(3, 200, 64, generator=generator)
+    centred -= centred.mean(dim=1, keepdim=True)
+    reference = torch.linalg.svd(centred, full_matrices=False).Vh[:, 0]
+    cosine = (first_direction(centred) * reference).sum(dim=1).abs()
+    assert torch.allclose(cosine, torch.ones(3), atol=1e-5)
