@@ -335,7 +335,8 @@ def faithfulness(config: EvalConfig) -> dict:
     names = list(payload["class_names"])
     made = read_manifest(config.cams) or {}
     made_with = (made.get("inputs") or {}).get("checkpoint_sha256")
-    if made_with and made_with != sha256_file(checkpoint):
+    digest = sha256_file(checkpoint)
+    if made_with and made_with != digest:
         print_warning(f"{config.cams} was made with another classifier than {checkpoint}: the "
                       "scores say how faithful its maps are to this one")
     ids = (read_split(Path(config.dataset.split)) if config.dataset.split is not None
@@ -375,7 +376,7 @@ def faithfulness(config: EvalConfig) -> dict:
     if problems:
         print_warning(f"{len(problems)} of {len(ids)} images were not scored, e.g. "
                       f"{problems[0]}")
-    _write(config, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)},
+    _write(config, {"checkpoint": str(checkpoint), "checkpoint_sha256": digest},
            report, lambda: _faith_csv(report), table)
     return report
 

@@ -100,12 +100,13 @@ class _PredictImage:
             allowed = [0, *(c + 1 for c in sample.labels)]
         probs = label_probabilities(self.model, image.to(self.device), self.config.scales,
                                     self.config.flip, allowed)
-        if probs.shape[1:] != size:  # segmented shrunk: probabilities at the image's size
-            probs = resize(probs[None], size)[0]
         classes = (np.array(sorted(allowed[1:]), dtype=np.int64) - 1 if allowed is not None
                    else np.arange(self.model.num_classes, dtype=np.int64))
-        rows = torch.from_numpy(classes + 1).to(probs.device)
-        against = probs[rows] / (probs[rows] + probs[0]).clamp_min(1e-12)
+        # Background and the classes kept, before enlarging: suppressed ones are zero anyway.
+        probs = probs[torch.from_numpy(np.concatenate([[0], classes + 1])).to(probs.device)]
+        if probs.shape[1:] != size:  # segmented shrunk: probabilities at the image's size
+            probs = resize(probs[None], size)[0]
+        against = probs[1:] / (probs[1:] + probs[0]).clamp_min(1e-12)
         maps = Maps(against.float().cpu().numpy(), classes, sample.image)
         return self.chain(maps).labels
 

@@ -36,9 +36,7 @@ from igcam_cli.artifacts import (
     jsonable,
     recipe_of,
     remove_stale_temps,
-    sha256_file,
     write_json,
-    write_torch,
 )
 from igcam_cli.backbones import default_lr
 from igcam_cli.datasets import Dataset, Sample, load_dataset, multi_hot
@@ -50,19 +48,23 @@ from igcam_cli.models import CamNet, save_checkpoint_payload
 from igcam_cli.options import MAX_SIDE, option
 from igcam_cli.runner import (
     DataStepConfig,
-    console,
     finite_loss,
     progress_bar,
     readable,
     record_problems,
-    resolve_device,
-    summarise_warnings,
     trained_already,
     training_claim,
 )
 from igcam_cli.training import STAGES
 from igcam_cli.training.base import TrainingStage
-from igcam_cli.training.epochs import epoch_loader, poly_schedule, resume, save_epoch
+from igcam_cli.training.epochs import (
+    epoch_loader,
+    finish,
+    poly_schedule,
+    resume,
+    save_epoch,
+    training_device,
+)
 from igcam_cli.transforms import to_tensor, train_augment
 
 # Options that change how training runs, not the classifier it ends with.
@@ -234,10 +236,7 @@ def _train_checked(config: TrainConfig, stage: TrainingStage, record: StepRecord
         raise IgcamError(f"the batch is {batch_size}, the number of training images (--batch-"
                          f"size {config.batch_size} is more), which does not divide by the "
                          f"{world.size} processes: pass a --batch-size that does")
-    device = resolve_device(config.device)
-    if world.launched and device.type == "cuda" and device.index != world.local_rank:
-        raise IgcamError(f"--device {config.device}: under torchrun each process trains on its "
-                         "own GPU (cuda:LOCAL_RANK); use --device auto or cuda")
+    device = training_device(config.device, world)
     with world.joined(device):
         return _train(config, stage, record, out, dataset, samples, epochs, batch_size,
                       device, world)
@@ -313,18 +312,8 @@ def _train(config: TrainConfig, stage: TrainingStage, record: StepRecord, out: P
     if not world.is_main:
         world.barrier()  # until rank 0 has written the classifier and the manifest
         return final
-    payload = save_checkpoint_payload(model, config.backbone, dataset.class_names,
-                                      history=history)
-    write_torch(final, payload)
-    record.counts["images"] = len(samples)
-    record.counts["epochs"] = epochs
-    record.extra.update(history=history, checkpoint_sha256=sha256_file(final))
-    record.timings["per_epoch_s"] = round(float(np.mean([h["seconds"] for h in history])), 2)
-    manifest = record.save(out)
-    last = history[-1]
-    console.print(f"train-cls: {epochs} epochs, final loss {last['loss']:.4f}, "
-                  f"train mAP {last['train_map']:.3f}, {record.counts.get('failed', 0)} images "
-                  f"failed -> {final}")
-    summarise_warnings(record, manifest)
+    finish(record, out, final, save_checkpoint_payload(model, config.backbone,
+                                                       dataset.class_names, history=history),
+           len(samples), history, f"train mAP {history[-1]['train_map']:.3f}")
     world.barrier()
     return final

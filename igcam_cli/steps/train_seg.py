@@ -39,12 +39,11 @@ from igcam_cli.artifacts import (
     remove_stale_temps,
     sha256_file,
     write_json,
-    write_torch,
 )
 from igcam_cli.backbones import build_backbone
 from igcam_cli.datasets import Dataset, Sample, load_dataset
 from igcam_cli.distributed import World
-from igcam_cli.errors import IgcamError, ImageProblem, console, print_warning
+from igcam_cli.errors import IgcamError, ImageProblem, print_warning
 from igcam_cli.images import IGNORE, read_image, read_label_map
 from igcam_cli.models import load_classifier
 from igcam_cli.options import MAX_SIDE, option
@@ -54,8 +53,6 @@ from igcam_cli.runner import (
     progress_bar,
     readable,
     record_problems,
-    resolve_device,
-    summarise_warnings,
     trained_already,
     training_claim,
     warn,
@@ -69,7 +66,14 @@ from igcam_cli.segmentation import (
     save_segmenter_payload,
     segmentation_loss,
 )
-from igcam_cli.training.epochs import epoch_loader, poly_schedule, resume, save_epoch
+from igcam_cli.training.epochs import (
+    epoch_loader,
+    finish,
+    poly_schedule,
+    resume,
+    save_epoch,
+    training_device,
+)
 from igcam_cli.transforms import seg_augment, to_tensor
 
 # Options that change how training runs, not the network it ends with.
@@ -263,10 +267,7 @@ def train_seg(config: SegConfig) -> Path:
     with training_claim(out, "train-seg", config.wait, holds=world.is_main):
         if world.size == 1 and trained_already("train-seg", final, record, type(config)):
             return final
-        device = resolve_device(config.device)
-        if world.launched and device.type == "cuda" and device.index != world.local_rank:
-            raise IgcamError(f"--device {config.device}: under torchrun each process trains "
-                             "on its own GPU (cuda:LOCAL_RANK); use --device auto or cuda")
+        device = training_device(config.device, world)
         with world.joined(device):
             return _train(config, record, out, masks, init, dataset, samples, device, world)
 
@@ -358,17 +359,10 @@ def _train(config: SegConfig, record: StepRecord, out: Path, masks: Path, init: 
         world.barrier()  # until rank 0 has written the network and the manifest
         return final
     # SyncBatchNorm (CUDA under torchrun) keeps BatchNorm's state names: a SegNet loads it.
-    write_torch(final, save_segmenter_payload(model, config.backbone, dataset.class_names,
-                                              history=history))
-    record.counts["images"] = len(samples)
-    record.counts["epochs"] = config.epochs
-    record.extra.update(history=history, checkpoint_sha256=sha256_file(final))
-    record.timings["per_epoch_s"] = round(float(np.mean([h["seconds"] for h in history])), 2)
-    manifest = record.save(out)
     last = history[-1]
-    console.print(f"train-seg: {config.epochs} epochs, final loss {last['loss']:.4f}, pixel "
-                  f"accuracy {last['pixel_accuracy']:.3f}, mIoU {last['miou']:.3f} against the "
-                  f"masks, {record.counts.get('failed', 0)} images failed -> {final}")
-    summarise_warnings(record, manifest)
+    finish(record, out, final, save_segmenter_payload(model, config.backbone,
+                                                      dataset.class_names, history=history),
+           len(samples), history, f"pixel accuracy {last['pixel_accuracy']:.3f}, mIoU "
+                                  f"{last['miou']:.3f} against the masks")
     world.barrier()
     return final

@@ -1,20 +1,22 @@
 """The bookkeeping of an epoch loop that every epoch-trained step (``train-cls``,
-``train-seg``) shares, so that their resume is exact in the same way: the loader over the
-epoch sampler, the poly schedule, resuming from the last epoch checkpoint, and writing one.
-Each step keeps its own network, loss and per-epoch records."""
+``train-seg``) shares, so that their resume is exact in the same way: the device, the loader
+over the epoch sampler, the poly schedule, resuming from the last epoch checkpoint, writing
+one, and the end of training. Each step keeps its own network, loss and per-epoch records."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from igcam_cli.artifacts import RunDir, read_torch, write_torch
+from igcam_cli.artifacts import RunDir, StepRecord, read_torch, sha256_file, write_torch
 from igcam_cli.distributed import EpochSampler, World, restore_rng
 from igcam_cli.errors import IgcamError, console
+from igcam_cli.runner import resolve_device, summarise_warnings
 
 
 def epoch_loader(images: Dataset, batch_size: int, seed: int, world: World, workers: int,
@@ -87,3 +89,29 @@ def save_epoch(out: Path, payload: Callable[..., dict], optimizer: torch.optim.O
         epoch=epoch, **extra))
     for old in RunDir.epochs(out)[:-max(keep, 1)]:
         old.unlink(missing_ok=True)
+
+
+def training_device(name: str, world: World) -> torch.device:
+    """``--device`` resolved; under torchrun each process must train on its own GPU."""
+    device = resolve_device(name)
+    if world.launched and device.type == "cuda" and device.index != world.local_rank:
+        raise IgcamError(f"--device {name}: under torchrun each process trains on its own GPU "
+                         "(cuda:LOCAL_RANK); use --device auto or cuda")
+    return device
+
+
+def finish(record: StepRecord, out: Path, final: Path, payload: dict, images: int,
+           history: list[dict], scores: str) -> None:
+    """Rank 0's end of training: the network ``payload`` written to ``final``, the manifest
+    (counts, history, the network's hash, seconds per epoch) to ``out``, and one line naming
+    the last epoch's loss and the step's ``scores``."""
+    write_torch(final, payload)
+    record.counts["images"] = images
+    record.counts["epochs"] = len(history)
+    record.extra.update(history=history, checkpoint_sha256=sha256_file(final))
+    record.timings["per_epoch_s"] = round(float(np.mean([h["seconds"] for h in history])), 2)
+    manifest = record.save(out)
+    console.print(f"{record.step}: {len(history)} epochs, final loss "
+                  f"{history[-1]['loss']:.4f}, {scores}, {record.counts.get('failed', 0)} "
+                  f"images failed -> {final}")
+    summarise_warnings(record, manifest)
