@@ -3,7 +3,8 @@
 # as bench/voc-real.sh; cam at scales 1.0,0.5,1.5,2.0 + flips; the seed sweep; refine without
 # DenseCRF), then cam's throughput against the network alone over the same views
 # (--batch-images 1/8, --precision fp32/bf16, --io-workers 0/2/4), peak GPU memory, the bf16
-# and batched CAMs against the fp32 ones, and refine --method par.
+# and batched CAMs against the fp32 ones, refine --method par, and last train-seg on the masks
+# (GPU_BENCH_SEG_EPOCHS, default 10, crop 320) and predict for the same photos, scored.
 #
 # Writes to $OUT: log.txt (everything printed), gpu.md (the table), gpu.json (the raw figures)
 # and smi.csv (nvidia-smi's memory and utilisation, sampled every 0.5 s). Working files go to
@@ -25,6 +26,7 @@ REPO=$PWD
 DEVICE=${DEVICE:-cuda}
 IMAGES=${GPU_BENCH_IMAGES:-0}       # 0: all of train.txt
 EPOCHS=${GPU_BENCH_EPOCHS:-10}
+SEG_EPOCHS=${GPU_BENCH_SEG_EPOCHS:-10}  # train-seg's
 BUDGET=${GPU_BENCH_BUDGET:-420}     # seconds for the whole script
 REPEATS=${GPU_BENCH_REPEATS:-2}     # warm passes of the network-alone timing
 FORWARD_LIMIT=${GPU_BENCH_FORWARD_LIMIT:-150}
@@ -193,5 +195,16 @@ done
 )
 [ -d "$RUN/refine-par" ] && bench eval-par 60 "" eval --voc "$DATA" --pred "$RUN/refine-par" \
   --out "$RUN/eval/mask-par.json"
+
+# 5. The segmentation network on the masks of step 1, and its labels for the same photos.
+if [ -d "$RUN/refine-none" ]; then
+  bench train-seg 240 "" train-seg --run "$RUN" --voc "$DATA" --masks "$RUN/refine-none" \
+    --epochs "$SEG_EPOCHS" --batch-size "$((COUNT < 8 ? COUNT : 8))" \
+    --crop 320 --device "$DEVICE" --loader-workers "$LOADERS"
+  [ -f "$RUN/train-seg/segmenter.pt" ] && bench predict 120 "$RUN/predict" predict \
+    --run "$RUN" --voc "$DATA" --device "$DEVICE" --out "$RUN/predict"
+  [ -d "$RUN/predict" ] && bench eval-predict 60 "" eval --voc "$DATA" --pred "$RUN/predict" \
+    --out "$RUN/eval/mask-predict.json"
+fi
 
 finish

@@ -71,7 +71,7 @@ def step(args: argparse.Namespace, argv: list[str]) -> int:
     sys.argv = ["igcam", *argv]
     code = 0
     try:
-        cli.main()
+        code = cli.main() or 0  # main returns the exit status of a user error
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001 - the record must be written whatever happened
@@ -274,7 +274,8 @@ def table(args: argparse.Namespace) -> int:
              "GPU alloc / reserved MiB | smi MiB / util % |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     eval_of = {"eval-seed": "seed", "eval-seed-bf16": "seed-bf16", "eval-none": "mask-none",
-               "eval-par": "mask-par", "eval-par-scores": "scores-par"}
+               "eval-par": "mask-par", "eval-par-scores": "scores-par",
+               "eval-predict": "mask-predict"}
     for name, record in records.items():
         if record is None:
             continue
